@@ -1,0 +1,141 @@
+"""Input validation shared by the public entry points.
+
+Every check runs before any parameter or optimizer state changes, and every
+error names the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import numbers
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import numpy as np
+
+from .backend import Backend, _library_name, to_numpy
+
+T = TypeVar("T")
+
+
+def lookup(kind: str, name: Any, table: Mapping[str, T]) -> T:
+    """``table[name]``, or a ValueError that lists close names ("did you mean")."""
+    if isinstance(name, str):
+        key = name.lower().replace("-", "_")
+        if key in table:
+            return table[key]
+        close = difflib.get_close_matches(key, list(table), n=3, cutoff=0.6)
+        hint = f"; did you mean {' or '.join(map(repr, close))}?" if close else ""
+        raise ValueError(f"unknown {kind} {name!r}{hint} (known: {', '.join(table)})")
+    raise TypeError(f"{kind} must be a name or an object, got {type(name).__name__}")
+
+
+def positive_number(name: str, value: Any, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if math.isnan(v) or math.isinf(v) or v < 0 or (v == 0 and not allow_zero):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+    return v
+
+
+def count(name: str, value: Any, *, minimum: int = 1, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    if int(value) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def is_device_array(x: Any) -> bool:
+    return _library_name(x) not in (None, "numpy")
+
+
+def host_array(name: str, x: Any) -> np.ndarray:
+    """``x`` as NumPy, rejecting what is not numbers (strings, objects, complex, None)."""
+    if x is None:
+        raise TypeError(f"{name} is None; expected an array")
+    try:
+        arr = to_numpy(x)
+    except Exception as e:  # lists of mixed types, unsupported objects
+        raise TypeError(f"{name} could not be read as a numeric array: {e}") from None
+    check_dtype(name, arr.dtype.kind, arr.dtype)
+    return arr
+
+
+def check_dtype(name: str, kind: str, dtype: Any) -> None:
+    if kind == "b":
+        raise TypeError(f"{name} has dtype bool; expected integer or floating numbers")
+    if kind not in "iuf":
+        raise TypeError(f"{name} has dtype {dtype}; expected integer or floating numbers")
+
+
+def device_dtype_kind(xp: Any, dtype: Any) -> str:
+    if xp.isdtype(dtype, "bool"):
+        return "b"
+    if xp.isdtype(dtype, "real floating"):
+        return "f"
+    if xp.isdtype(dtype, "integral"):
+        return "i"
+    return "c"
+
+
+def check_ndim(name: str, shape: tuple[int, ...], allowed: tuple[int, ...]) -> None:
+    if len(shape) not in allowed:
+        what = {1: "1-D (one sample)", 2: "2-D (samples, features)"}
+        expected = " or ".join(what.get(n, f"{n}-D") for n in allowed)
+        raise ValueError(f"{name} must be {expected}; got {len(shape)}-D with shape {tuple(shape)}")
+
+
+def check_not_empty(name: str, shape: tuple[int, ...]) -> None:
+    if any(s == 0 for s in shape):
+        raise ValueError(f"{name} is empty (shape {tuple(shape)})")
+
+
+def check_finite(name: str, x: Any, xp: Any) -> None:
+    """Reject NaN and infinity (one reduction and one host read)."""
+    if xp.isdtype(x.dtype, "real floating") and not bool(xp.all(xp.isfinite(x))):
+        raise ValueError(
+            f"{name} contains NaN or infinity; clean the data or pass check_finite=False"
+        )
+
+
+def as_input(
+    backend: Backend,
+    name: str,
+    x: Any,
+    dtype: Any,
+    *,
+    ndims: tuple[int, ...] = (1, 2),
+    finite: bool = False,
+) -> Any:
+    """Validate ``x`` and return it on ``backend`` in ``dtype`` (None: keep its float dtype)."""
+    xp = backend.xp
+    if is_device_array(x):
+        check_dtype(name, device_dtype_kind(_ns(x), x.dtype), x.dtype)
+        shape = tuple(x.shape)
+    else:
+        x = host_array(name, x)
+        shape = x.shape
+    check_ndim(name, shape, ndims)
+    check_not_empty(name, shape)
+    arr = backend.asarray(x)
+    if dtype is None and not xp.isdtype(arr.dtype, "real floating"):
+        dtype = xp.float32
+    elif dtype is None and xp.isdtype(arr.dtype, "real floating") and arr.dtype == xp.float16:
+        dtype = xp.float32
+    if dtype is not None and arr.dtype != dtype:
+        arr = xp.astype(arr, dtype)
+    if finite:
+        check_finite(name, arr, xp)
+    return arr
+
+
+def _ns(x: Any) -> Any:
+    from array_api_compat import array_namespace
+
+    return array_namespace(x)

@@ -1,0 +1,318 @@
+"""Backends: which array library (and device) portnn computes on.
+
+This is the one module that knows concrete array libraries by name. Everything
+else receives an Array API namespace (``xp``) and calls only standard functions.
+
+A backend is chosen, in order of precedence, by ``use_backend(...)`` (scoped),
+``set_backend(...)`` (process default), the ``PORTNN_BACKEND`` environment
+variable, and finally ``"numpy"``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import importlib
+import importlib.util
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import array_api_compat
+import numpy as np
+
+__all__ = [
+    "Backend",
+    "BackendError",
+    "available_backends",
+    "backend_of",
+    "get_backend",
+    "set_backend",
+    "to_numpy",
+    "use_backend",
+]
+
+# name -> (module that must be importable, pip requirement naming what to install)
+_KNOWN: dict[str, tuple[str, str]] = {
+    "numpy": ("numpy", "numpy"),
+    "cupy": ("cupy", "portnn[cuda13] (or portnn[cuda12]), with an NVIDIA GPU and driver"),
+    "torch": ("torch", "torch"),
+    "array_api_strict": ("array_api_strict", "array-api-strict"),
+    "jax": ("jax", "jax"),
+    "dask": ("dask", "dask[array]"),
+}
+
+
+class BackendError(RuntimeError):
+    """A backend was asked for that cannot be used here."""
+
+
+class Backend(str):
+    """A backend name together with its Array API namespace and device.
+
+    It *is* the name (``get_backend() == "numpy"``), and carries ``.xp`` (the
+    namespace to compute with) and ``.device`` (where new arrays are created).
+    """
+
+    xp: Any
+    device: Any
+
+    def __new__(cls, name: str, xp: Any, device: Any = None) -> Backend:
+        self = super().__new__(cls, name)
+        self.xp = xp
+        self.device = device
+        return self
+
+    @property
+    def name(self) -> str:
+        return str(self)
+
+    def __repr__(self) -> str:
+        dev = "" if self.device is None else f", device={self.device!r}"
+        return f"Backend({str(self)!r}{dev})"
+
+    def __reduce__(self):
+        return (_make_backend, (str(self), self.device))
+
+    def __copy__(self) -> Backend:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Backend:
+        return self
+
+    def dtype(self, dtype: Any) -> Any:
+        """This backend's dtype object for a name or another library's dtype."""
+        name = dtype_name(dtype)
+        try:
+            return getattr(self.xp, name)
+        except AttributeError:
+            raise TypeError(f"backend {str(self)!r} has no dtype {name!r}") from None
+
+    def asarray(self, x: Any, dtype: Any = None) -> Any:
+        """Convert ``x`` (any library's array, nested lists, scalars) to this backend."""
+        return _asarray(self, x, dtype)
+
+
+def dtype_name(dtype: Any) -> str:
+    """'float32' for ``"float32"``, ``numpy.float32``, ``torch.float32``, ``xp.float32``..."""
+    if isinstance(dtype, str):
+        return dtype
+    try:
+        return np.dtype(dtype).name
+    except TypeError:
+        return str(dtype).rsplit(".", 1)[-1]
+
+
+def _cupy_usable() -> bool:
+    try:
+        import cupy
+
+        return bool(cupy.cuda.is_available())
+    except Exception:
+        return False
+
+
+def _installed(name: str) -> bool:
+    return importlib.util.find_spec(_KNOWN[name][0]) is not None
+
+
+def available_backends() -> tuple[str, ...]:
+    """Names of the backends that can be used in this process, NumPy first.
+
+    CuPy is listed only where a CUDA device is visible.
+    """
+    names = []
+    for name in _KNOWN:
+        if not _installed(name):
+            continue
+        if name == "cupy" and not _cupy_usable():
+            continue
+        names.append(name)
+    return tuple(names)
+
+
+def _namespace(name: str) -> Any:
+    if name not in _KNOWN:
+        raise BackendError(
+            f"unknown backend {name!r}; known backends: {', '.join(_KNOWN)}"
+        )
+    if not _installed(name):
+        raise BackendError(
+            f"backend {name!r} is not installed; install {_KNOWN[name][1]}"
+        )
+    if name == "cupy" and not _cupy_usable():
+        raise BackendError(
+            "backend 'cupy' needs a CUDA device, and none is visible here; "
+            "use 'numpy' on this machine, or install portnn[cuda13] (or "
+            "portnn[cuda12]) on a machine with an NVIDIA GPU and driver"
+        )
+    if name == "numpy":
+        import array_api_compat.numpy as xp
+    elif name == "cupy":
+        import array_api_compat.cupy as xp
+    elif name == "torch":
+        import array_api_compat.torch as xp
+    elif name == "dask":
+        import array_api_compat.dask.array as xp
+    elif name == "jax":
+        xp = importlib.import_module("jax.numpy")
+    else:
+        xp = importlib.import_module(name)
+    return xp
+
+
+_cache: dict[tuple[str, Any], Backend] = {}
+
+
+def _make_backend(name: str, device: Any = None) -> Backend:
+    if isinstance(name, Backend) and device is None:
+        return name
+    if not isinstance(name, str):
+        raise TypeError(f"backend must be a name such as 'numpy', got {type(name).__name__}")
+    key = (str(name), _device_key(device))
+    backend = _cache.get(key)
+    if backend is None:
+        xp = _namespace(str(name))
+        backend = Backend(str(name), xp, _resolve_device(str(name), device))
+        _cache[key] = backend
+    return backend
+
+
+def _device_key(device: Any) -> Any:
+    try:
+        hash(device)
+        return device
+    except TypeError:
+        return repr(device)
+
+
+def _resolve_device(name: str, device: Any) -> Any:
+    if device is None:
+        return None
+    if name == "torch":
+        import torch
+
+        return torch.device(device)
+    if name == "cupy":
+        import cupy
+
+        return device if isinstance(device, cupy.cuda.Device) else cupy.cuda.Device(int(device))
+    if name == "array_api_strict" and isinstance(device, str):
+        import array_api_strict
+
+        return array_api_strict.Device(device)
+    return device
+
+
+_default: Backend | None = None
+_scoped: contextvars.ContextVar[Backend | None] = contextvars.ContextVar(
+    "portnn_backend", default=None
+)
+
+
+def set_backend(name: str, device: Any = None) -> Backend:
+    """Make ``name`` (on ``device``) the process-wide default backend.
+
+    Raises :class:`BackendError` naming what to install if it cannot be used.
+    """
+    global _default
+    _default = _make_backend(name, device)
+    return _default
+
+
+def get_backend() -> Backend:
+    """The backend new parameters are created on (a :class:`Backend`, equal to its name)."""
+    scoped = _scoped.get()
+    if scoped is not None:
+        return scoped
+    if _default is not None:
+        return _default
+    return _make_backend(os.environ.get("PORTNN_BACKEND", "").strip() or "numpy")
+
+
+@contextlib.contextmanager
+def use_backend(name: str, device: Any = None) -> Iterator[Backend]:
+    """Scope a backend: ``with pn.use_backend("cupy"): model = ...``."""
+    token = _scoped.set(_make_backend(name, device))
+    try:
+        yield _scoped.get()
+    finally:
+        _scoped.reset(token)
+
+
+def _library_name(x: Any) -> str | None:
+    """The backend name of an array, or None for host data (lists, scalars, numpy)."""
+    if isinstance(x, np.ndarray | np.generic):
+        return "numpy"
+    if array_api_compat.is_cupy_array(x):
+        return "cupy"
+    if array_api_compat.is_torch_array(x):
+        return "torch"
+    if array_api_compat.is_jax_array(x):
+        return "jax"
+    if array_api_compat.is_dask_array(x):
+        return "dask"
+    if type(x).__module__.startswith("array_api_strict"):
+        return "array_api_strict"
+    return None
+
+
+def backend_of(x: Any) -> Backend | None:
+    """The backend an array lives on (with its device), or None for host data."""
+    name = _library_name(x)
+    if name is None:
+        return None
+    device = None if name in ("numpy", "dask") else array_api_compat.device(x)
+    if name == "cupy":
+        device = None  # one GPU per process: the current device
+    return _make_backend(name, device)
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A NumPy copy (or view) of any backend's array, a list, or a Python scalar."""
+    if isinstance(x, np.ndarray):
+        return x
+    name = _library_name(x)
+    if name == "cupy":
+        return x.get()
+    if name == "torch":
+        return x.detach().cpu().numpy()
+    if name == "dask":
+        return np.asarray(x.compute())
+    if name in ("jax", None):
+        return np.asarray(x)
+    return np.from_dlpack(x)
+
+
+def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
+    xp = backend.xp
+    if _library_name(x) == str(backend) and (
+        backend.device is None or array_api_compat.device(x) == backend.device
+    ):
+        return x if dtype is None or x.dtype == dtype else xp.astype(x, dtype)
+    host = to_numpy(x)
+    if dtype is None and host.dtype == np.float64 and not _has_float64(backend):
+        dtype = xp.float32
+    if backend.device is None:
+        arr = xp.asarray(host)
+    else:
+        arr = xp.asarray(host, device=backend.device)
+    return arr if dtype is None or arr.dtype == dtype else xp.astype(arr, dtype)
+
+
+def _has_float64(backend: Backend) -> bool:
+    try:
+        info = backend.xp.__array_namespace_info__()
+        return "float64" in info.dtypes(device=backend.device)
+    except Exception:
+        return True
+
+
+def host_rng(seed: int | None) -> np.random.Generator:
+    """The host generator initial weights and shuffles are drawn from.
+
+    Drawing on the host and converting once makes the same seed give the same
+    numbers on every backend.
+    """
+    return np.random.default_rng(seed)
+

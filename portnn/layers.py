@@ -1,0 +1,565 @@
+"""Layers: the Module protocol, Dense, activation layers and Sequential.
+
+A layer's math is one method, ``_forward(x, training) -> (y, backward)``: the
+backward is a closure over exactly what the forward computed, so the pair can
+never drift apart and nothing is cached between calls. ``backward(dy, need_dx)``
+returns ``(dx, grads)`` with ``grads`` keyed like the layer's parameters.
+
+Only ``self.xp`` (the backend's Array API namespace) is used for math.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from . import functional as F
+from ._checks import as_input, check_finite
+from .backend import Backend, _make_backend, get_backend, host_rng
+from .init import get_initializer
+
+__all__ = [
+    "ELU",
+    "GELU",
+    "Dense",
+    "Identity",
+    "LeakyReLU",
+    "Module",
+    "ReLU",
+    "SiLU",
+    "Sequential",
+    "Sigmoid",
+    "Softmax",
+    "Softplus",
+    "Step",
+    "Tanh",
+]
+
+Backward = Callable[..., tuple[Any, dict[str, Any]]]
+
+
+class Module:
+    """Base of every layer and model.
+
+    Parameters live on one backend (``model.backend``); ``model.to(name)``
+    moves them. A module starts in inference mode; ``train()`` / ``eval()``
+    switch it, and ``fit`` trains in training mode and restores the mode after.
+    """
+
+    training: bool = False
+
+    def __init__(self) -> None:
+        self._params: dict[str, Any] = {}
+        self._grads: dict[str, Any] = {}
+        self._backend: Backend = get_backend()
+        self._backward: Backward | None = None
+        self._single = False
+        self.name = type(self).__name__
+
+    # ------------------------------------------------------------ structure
+    def children(self) -> list[tuple[str, Module]]:
+        return []
+
+    def modules(self) -> Iterator[Module]:
+        """This module and every module inside it, depth first."""
+        yield self
+        for _, child in self.children():
+            yield from child.modules()
+
+    @property
+    def backend(self) -> Backend:
+        return self._backend
+
+    @property
+    def xp(self) -> Any:
+        return self._backend.xp
+
+    def _slots(self, prefix: str = "") -> list[tuple[str, Module, str]]:
+        """(full name, owning module, own key) for every parameter, in order."""
+        slots = [(prefix + key, self, key) for key in self._params]
+        for child_name, child in self.children():
+            slots.extend(child._slots(f"{prefix}{child_name}."))
+        return slots
+
+    def parameters(self) -> OrderedDict[str, Any]:
+        """Name → array for every parameter (``"0.weight"``, ``"0.bias"``, ...)."""
+        return OrderedDict((full, owner._params[key]) for full, owner, key in self._slots())
+
+    def gradients(self) -> OrderedDict[str, Any]:
+        """Name → gradient from the last ``backward`` / ``value_and_grad``."""
+        return OrderedDict(
+            (full, owner._grads[key])
+            for full, owner, key in self._slots()
+            if key in owner._grads
+        )
+
+    def load_parameters(self, params: Mapping[str, Any]) -> None:
+        """Set parameters from name → array-like (any library), checking names and shapes.
+
+        Nothing changes unless every entry is valid.
+        """
+        slots = {full: (owner, key) for full, owner, key in self._slots()}
+        unknown = [k for k in params if k not in slots]
+        if unknown:
+            raise KeyError(f"unknown parameter names {unknown}; this model has {list(slots)}")
+        new = {}
+        for full, value in params.items():
+            owner, key = slots[full]
+            old = owner._params[key]
+            arr = owner._backend.asarray(value, old.dtype)
+            if tuple(arr.shape) != tuple(old.shape):
+                raise ValueError(
+                    f"parameter {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}"
+                )
+            if owner._backend.xp.isdtype(arr.dtype, "real floating"):
+                check_finite(f"parameter {full!r}", arr, owner._backend.xp)
+            new[full] = arr
+        for full, arr in new.items():
+            owner, key = slots[full]
+            owner._params[key] = arr
+
+    def _assign(self, params: Mapping[str, Any], slots: list[tuple[str, Module, str]]) -> None:
+        """Set parameters without checks (the training loop's fast path)."""
+        for full, owner, key in slots:
+            owner._params[key] = params[full]
+
+    def to(self, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> Module:
+        """Move every parameter (and optimizer state) to ``backend``/``device``, optionally casting.
+
+        Returns the module itself, like PyTorch.
+        """
+        target = _make_backend(backend if backend is not None else str(self._backend), device)
+        state = getattr(self, "optimizer_state", None)
+        for module in self.modules():
+            module._backend = target
+            module._params = {
+                k: target.asarray(v, None if dtype is None else target.dtype(dtype))
+                for k, v in module._params.items()
+            }
+            module._grads = {}
+            module._backward = None
+            module._moved(target, dtype)
+        if state is not None:
+            self.optimizer_state = _move_tree(state, target)
+        return self
+
+    def _moved(self, backend: Backend, dtype: Any) -> None:
+        """Hook for modules that hold arrays other than parameters."""
+
+    def train(self, mode: bool = True) -> Module:
+        for module in self.modules():
+            module.training = mode
+        return self
+
+    def eval(self) -> Module:
+        return self.train(False)
+
+    def copy(self) -> Module:
+        """An independent deep copy (parameters copied on the same backend)."""
+        return copy.deepcopy(self)
+
+    def __deepcopy__(self, memo: dict) -> Module:
+        clone = object.__new__(type(self))
+        memo[id(self)] = clone
+        for k, v in self.__dict__.items():
+            if k == "_backward":
+                clone.__dict__[k] = None
+            elif k in ("_params", "_grads"):
+                clone.__dict__[k] = {n: _copy_array(a, self._backend) for n, a in v.items()}
+            else:
+                clone.__dict__[k] = copy.deepcopy(v, memo)
+        return clone
+
+    # ------------------------------------------------------------ compute
+    def compute_dtype(self) -> Any:
+        """The floating dtype inputs are cast to: that of the first parameter, else None."""
+        for value in self._params.values():
+            return value.dtype
+        for _, child in self.children():
+            dtype = child.compute_dtype()
+            if dtype is not None:
+                return dtype
+        return None
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        raise NotImplementedError
+
+    def _input(self, x: Any) -> tuple[Any, bool]:
+        x = as_input(self._backend, "x", x, self.compute_dtype())
+        if x.ndim == 1:
+            return x[None, :], True
+        return x, False
+
+    def __call__(self, x: Any) -> Any:
+        """Apply the module to a batch (2-D) or a single sample (1-D)."""
+        x, single = self._input(x)
+        y, _ = self._forward(x, self.training)
+        return y[0, ...] if single else y
+
+    def forward(self, x: Any) -> Any:
+        """Like calling the module, and keep what ``backward`` needs."""
+        x, single = self._input(x)
+        y, self._backward = self._forward(x, self.training)
+        self._single = single
+        return y[0, ...] if single else y
+
+    def backward(self, dy: Any) -> Any:
+        """Gradient with respect to the last ``forward``'s input; stores parameter gradients."""
+        if self._backward is None:
+            raise RuntimeError(f"{self.name}.backward() called before forward()")
+        dy = self._backend.asarray(dy)
+        if self._single:
+            dy = dy[None, ...]
+        dx, grads = self._backward(dy, True)
+        self._store_gradients(grads)
+        return dx[0, ...] if self._single else dx
+
+    def _store_gradients(self, grads: Mapping[str, Any]) -> None:
+        for module in self.modules():
+            module._grads = {}
+        for full, owner, key in self._slots():
+            if full in grads:
+                owner._grads[key] = grads[full]
+
+    # ------------------------------------------------------------ training API
+    def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        """Train on ``X, y``; see :func:`portnn.fit`."""
+        from .training import fit
+
+        return fit(self, X, y, **kwargs)
+
+    def predict(self, X: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
+        """Outputs in inference mode, as arrays of the model's backend; see :func:`portnn.predict`."""
+        from .training import predict
+
+        return predict(self, X, batch_size=batch_size, **kwargs)
+
+    def evaluate(self, X: Any, y: Any, **kwargs: Any) -> Any:
+        """Mean loss on ``X, y``; see :func:`portnn.evaluate`."""
+        from .training import evaluate
+
+        return evaluate(self, X, y, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._repr_args()})"
+
+    def _repr_args(self) -> str:
+        return ""
+
+
+def _copy_array(a: Any, backend: Backend) -> Any:
+    return backend.xp.asarray(a, copy=True)
+
+
+def _move_tree(tree: Any, target: Backend) -> Any:
+    if isinstance(tree, dict):
+        return {k: _move_tree(v, target) for k, v in tree.items()}
+    if isinstance(tree, list | tuple):
+        return type(tree)(_move_tree(v, target) for v in tree)
+    if isinstance(tree, int | float | str | bool) or tree is None:
+        return tree
+    return target.asarray(tree)
+
+
+# ---------------------------------------------------------------- Dense
+
+
+class Dense(Module):
+    """Fully connected layer: ``y = x @ weight + bias``, ``weight`` of shape (in, out).
+
+    ``weight``/``bias`` array-likes are taken as given, dtype included. Otherwise
+    they are drawn by ``init`` (and ``bias_init``) from a host generator seeded
+    with ``seed``, so the same seed gives the same numbers on every backend.
+    ``dtype`` defaults to float32.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        weight: Any = None,
+        bias: Any = None,
+        init: Any = "xavier_uniform",
+        seed: int | None = None,
+        dtype: Any = None,
+        *,
+        bias_init: Any = "zeros",
+        use_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        from ._checks import count
+
+        self.in_features = count("in_features", in_features)
+        self.out_features = count("out_features", out_features)
+        self.use_bias = bool(use_bias) or bias is not None
+        self.init = init
+        self.bias_init = bias_init
+        backend = self._backend
+        shape_w = (self.in_features, self.out_features)
+        rng = host_rng(seed)
+        if weight is None:
+            weight = get_initializer(init)(rng, shape_w, self.in_features, self.out_features)
+            w_dtype = backend.dtype(dtype if dtype is not None else "float32")
+        else:
+            w_dtype = None if dtype is None else backend.dtype(dtype)
+        w = _param(backend, "weight", weight, w_dtype, shape_w)
+        self._params["weight"] = w
+        if self.use_bias:
+            if bias is None:
+                bias = get_initializer(bias_init)(
+                    rng, (self.out_features,), self.in_features, self.out_features
+                )
+                b_dtype = w.dtype
+            else:
+                b_dtype = None if dtype is None else backend.dtype(dtype)
+            self._params["bias"] = _param(backend, "bias", bias, b_dtype, (self.out_features,))
+
+    @property
+    def weight(self) -> Any:
+        return self._params["weight"]
+
+    @property
+    def bias(self) -> Any:
+        return self._params.get("bias")
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        if x.shape[-1] != self.in_features:
+            raise ValueError(
+                f"{self.name} expects {self.in_features} input features, got "
+                f"{x.shape[-1]} (input shape {tuple(x.shape)})"
+            )
+        w = self._params["weight"]
+        b = self._params.get("bias")
+        y = x @ w
+        if b is not None:
+            y = y + b
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            grads = {"weight": x.T @ dy}
+            if b is not None:
+                grads["bias"] = self.xp.sum(dy, axis=0)
+            return (dy @ w.T if need_dx else None), grads
+
+        return y, backward
+
+    def _repr_args(self) -> str:
+        return f"{self.in_features}, {self.out_features}"
+
+
+def _param(backend: Backend, name: str, value: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
+    arr = backend.asarray(value, dtype)
+    if tuple(arr.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
+    if not backend.xp.isdtype(arr.dtype, "real floating"):
+        arr = backend.xp.astype(arr, backend.xp.float32 if dtype is None else dtype)
+    if arr is value:  # never train a caller's array in place
+        arr = backend.xp.asarray(arr, copy=True)
+    return arr
+
+
+# ---------------------------------------------------------------- activations
+
+
+class _Activation(Module):
+    """Elementwise activation; subclasses give ``f`` and the gradient from (x, y)."""
+
+    def _f(self, x: Any) -> Any:
+        raise NotImplementedError
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        raise NotImplementedError
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        y = self._f(x)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            return (dy * self._grad(x, y) if need_dx else None), {}
+
+        return y, backward
+
+
+class Identity(_Activation):
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        return x, lambda dy, need_dx=True: (dy, {})
+
+
+class Step(_Activation):
+    """Heaviside step (the perceptron's activation); its gradient is zero."""
+
+    def _f(self, x: Any) -> Any:
+        return F.step(x, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return self.xp.zeros_like(x)
+
+
+class Sigmoid(_Activation):
+    def _f(self, x: Any) -> Any:
+        return F.sigmoid(x, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return y * (1.0 - y)
+
+
+class Tanh(_Activation):
+    def _f(self, x: Any) -> Any:
+        return self.xp.tanh(x)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return 1.0 - y * y
+
+
+class ReLU(_Activation):
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        xp = self.xp
+        y = xp.maximum(x, 0.0)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            return (xp.where(x > 0, dy, 0.0) if need_dx else None), {}
+
+        return y, backward
+
+
+class LeakyReLU(_Activation):
+    def __init__(self, alpha: float = 0.01) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def _f(self, x: Any) -> Any:
+        return F.leaky_relu(x, self.alpha, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return F.leaky_relu_derivative(x, self.alpha, xp=self.xp)
+
+    def _repr_args(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class ELU(_Activation):
+    def __init__(self, alpha: float = 1.0) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def _f(self, x: Any) -> Any:
+        return F.elu(x, self.alpha, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return F.elu_derivative(x, self.alpha, xp=self.xp)
+
+    def _repr_args(self) -> str:
+        return f"alpha={self.alpha}"
+
+
+class GELU(_Activation):
+    """GELU, tanh approximation (PyTorch's ``GELU(approximate="tanh")``)."""
+
+    def _f(self, x: Any) -> Any:
+        return F.gelu(x, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return F.gelu_derivative(x, xp=self.xp)
+
+
+class SiLU(_Activation):
+    def _f(self, x: Any) -> Any:
+        return F.silu(x, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return F.silu_derivative(x, xp=self.xp)
+
+
+class Softplus(_Activation):
+    """``log(1 + exp(beta x)) / beta``, linear above ``threshold`` (PyTorch's defaults)."""
+
+    def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
+        super().__init__()
+        self.beta = float(beta)
+        self.threshold = float(threshold)
+
+    def _f(self, x: Any) -> Any:
+        return F.softplus(x, self.beta, self.threshold, xp=self.xp)
+
+    def _grad(self, x: Any, y: Any) -> Any:
+        return F.softplus_derivative(x, self.beta, self.threshold, xp=self.xp)
+
+
+class Softmax(_Activation):
+    """Softmax over the last axis (shifted by the row maximum: never overflows)."""
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        xp = self.xp
+        y = F.softmax(x, xp=xp)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            if not need_dx:
+                return None, {}
+            return y * (dy - xp.sum(dy * y, axis=-1, keepdims=True)), {}
+
+        return y, backward
+
+
+# ---------------------------------------------------------------- Sequential
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters are named ``"<index>.<name>"``."""
+
+    def __init__(self, *layers: Module) -> None:
+        super().__init__()
+        if len(layers) == 1 and isinstance(layers[0], list | tuple):
+            layers = tuple(layers[0])
+        for i, layer in enumerate(layers):
+            if not isinstance(layer, Module):
+                raise TypeError(
+                    f"Sequential takes layers; argument {i} is {type(layer).__name__}"
+                )
+        self.layers = list(layers)
+        backends = {str(m._backend) for m in self.modules() if m._params}
+        if len(backends) > 1:
+            raise ValueError(
+                f"Sequential got layers on different backends {sorted(backends)}; "
+                "move them with layer.to(name) first"
+            )
+        owner = next((m for m in self.modules() if m._params), None)
+        if owner is not None:
+            for module in self.modules():
+                module._backend = owner._backend
+        for i, layer in enumerate(self.layers):
+            layer.name = f"layer {i} ({type(layer).__name__})"
+
+    def children(self) -> list[tuple[str, Module]]:
+        return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def __getitem__(self, index: int) -> Module:
+        return self.layers[index]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self.layers)
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        backwards = []
+        for layer in self.layers:
+            x, back = layer._forward(x, training)
+            backwards.append(back)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            per_layer: list[dict[str, Any]] = [{}] * len(backwards)
+            for i in range(len(backwards) - 1, -1, -1):
+                dy, per_layer[i] = backwards[i](dy, need_dx or i > 0)
+            grads = {}
+            for i, g in enumerate(per_layer):
+                for k, v in g.items():
+                    grads[f"{i}.{k}"] = v
+            return dy, grads
+
+        return x, backward
+
+    def __repr__(self) -> str:
+        inner = ",\n".join(f"  {layer!r}" for layer in self.layers)
+        return f"Sequential(\n{inner}\n)"
+

@@ -1,0 +1,242 @@
+"""Loss objects: a value and its gradient with respect to the predictions, in one pass.
+
+``loss(pred, target)`` gives the mean loss (PyTorch's default reductions);
+``loss.value_and_grad(pred, target)`` is what training uses. ``fit`` accepts a
+loss object or a name ("mse", "binary_cross_entropy", "cross_entropy").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import functional as F
+from ._checks import host_array, lookup
+from .backend import backend_of, get_backend
+
+__all__ = ["BinaryCrossEntropy", "CrossEntropy", "Loss", "MSELoss", "get_loss"]
+
+
+class Loss:
+    """Base class: subclasses implement ``value_and_grad`` and ``prepare_target``."""
+
+    name = "loss"
+
+    def __call__(self, pred: Any, target: Any) -> Any:
+        backend = backend_of(pred) or get_backend()
+        pred = backend.asarray(pred)
+        n_out = pred.shape[-1] if pred.ndim > 1 else 1
+        if pred.ndim == 1:
+            pred = pred[:, None] if self._column_target else pred[None, :]
+        target = self.prepare_target(target, n_out, n_samples=pred.shape[0])
+        target = backend.asarray(target, self.target_dtype(backend, pred.dtype, target))
+        value, _ = self.value_and_grad(pred, target, backend.xp)
+        return value
+
+    # a 1-D prediction is one column of outputs (True) or one sample's row (False)
+    _column_target = True
+
+    def target_dtype(self, backend: Any, pred_dtype: Any, target: np.ndarray) -> Any:
+        """The backend dtype a prepared host target is converted to."""
+        return pred_dtype
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        """(mean loss as a 0-d array, d loss / d pred); both arrays already on one backend."""
+        raise NotImplementedError
+
+    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
+        """Validate targets on the host and shape them like the predictions."""
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+def _regression_target(y: Any, n_outputs: int, n_samples: int | None) -> np.ndarray:
+    y = host_array("y", y)
+    if n_samples is not None and (y.ndim == 0 or y.shape[0] != n_samples):
+        got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
+        raise ValueError(f"y has {got} but there are {n_samples} samples")
+    if y.ndim == 1:
+        if n_outputs != 1:
+            raise ValueError(
+                f"y is 1-D but the model has {n_outputs} outputs; pass y of shape (n, {n_outputs})"
+            )
+        y = y[:, None]
+    elif y.ndim != 2 or y.shape[1] != n_outputs:
+        raise ValueError(
+            f"y must have shape (n, {n_outputs}) to match the model's outputs, got {y.shape}"
+        )
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise ValueError("y contains NaN or infinity")
+    return y
+
+
+class MSELoss(Loss):
+    """Mean squared error, mean over all elements: ``mean((pred - target) ** 2)``."""
+
+    name = "mse"
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        xp = xp or _namespace(pred)
+        d = pred - target
+        n = _size(d)
+        return xp.sum(d * d) / n, (2.0 / n) * d
+
+    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
+        return _regression_target(y, n_outputs, n_samples)
+
+
+class BinaryCrossEntropy(Loss):
+    """Binary cross-entropy, mean over all elements.
+
+    ``from_logits=False`` (default) takes probabilities, e.g. after a ``Sigmoid``
+    layer; ``from_logits=True`` takes raw scores and fuses the sigmoid in
+    (numerically safer). Targets are 0/1 or probabilities.
+    """
+
+    name = "binary_cross_entropy"
+
+    def __init__(self, from_logits: bool = False) -> None:
+        self.from_logits = bool(from_logits)
+
+    def config(self) -> dict[str, Any]:
+        return {"from_logits": self.from_logits}
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        xp = xp or _namespace(pred)
+        n = _size(pred)
+        if self.from_logits:
+            value = F.binary_cross_entropy_with_logits(pred, target, xp=xp)
+            return value, (F.sigmoid(pred, xp=xp) - target) / n
+        value = F.binary_cross_entropy(pred, target, xp=xp)
+        # PyTorch's BCELoss gradient, with the same floor on p(1-p)
+        denom = xp.maximum((1.0 - pred) * pred, 1e-12)
+        return value, (pred - target) / denom / n
+
+    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
+        y = _regression_target(y, n_outputs, n_samples)
+        if y.min() < 0 or y.max() > 1:
+            raise ValueError(
+                f"y for binary cross-entropy must lie in [0, 1]; found values in "
+                f"[{y.min()}, {y.max()}]"
+            )
+        return y
+
+
+class CrossEntropy(Loss):
+    """Softmax cross-entropy, mean over samples.
+
+    ``from_logits=True`` (default) takes raw scores and fuses the softmax with
+    its gradient (``softmax(z) - target``); ``from_logits=False`` takes
+    probabilities, e.g. after a ``Softmax`` layer. Targets are integer class
+    indices of shape ``(n,)`` or one-hot/probability rows of shape ``(n, classes)``.
+    """
+
+    name = "cross_entropy"
+    _column_target = False
+
+    def __init__(self, from_logits: bool = True) -> None:
+        self.from_logits = bool(from_logits)
+
+    def config(self) -> dict[str, Any]:
+        return {"from_logits": self.from_logits}
+
+    def target_dtype(self, backend: Any, pred_dtype: Any, target: np.ndarray) -> Any:
+        return backend.xp.int64 if target.ndim == 1 else pred_dtype
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        xp = xp or _namespace(pred)
+        n = pred.shape[0]
+        if target.ndim == 1:
+            target = F.one_hot(target, pred.shape[-1], pred.dtype, xp=xp)
+        elif target.dtype != pred.dtype:
+            target = xp.astype(target, pred.dtype)
+        if self.from_logits:
+            log_p = F.log_softmax(pred, xp=xp)
+            value = -xp.sum(target * log_p) / n
+            mass = xp.sum(target, axis=-1, keepdims=True)
+            return value, (xp.exp(log_p) * mass - target) / n
+        tiny = float(np.finfo(np.dtype(str(_dtype_name(pred.dtype)))).tiny)
+        p = xp.maximum(pred, tiny)
+        value = -xp.sum(target * xp.log(p)) / n
+        return value, -target / p / n
+
+    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
+        y = host_array("y", y)
+        if n_samples is not None and (y.ndim == 0 or y.shape[0] != n_samples):
+            got = "a scalar" if y.ndim == 0 else f"{y.shape[0]} rows"
+            raise ValueError(f"y has {got} but there are {n_samples} samples")
+        if y.ndim == 2 and y.shape[1] == 1 and n_outputs > 1 and y.dtype.kind in "iu":
+            y = y[:, 0]
+        if y.ndim == 1:
+            if y.dtype.kind == "f":
+                if not np.isfinite(y).all() or not np.array_equal(y, np.round(y)):
+                    raise ValueError(
+                        "y for cross-entropy must be integer class indices; found non-integer values"
+                    )
+            low, high = y.min(), y.max()
+            if low < 0 or high >= n_outputs:
+                raise ValueError(
+                    f"y holds class labels in [{low}, {high}], but the model has "
+                    f"{n_outputs} outputs (labels must lie in 0..{n_outputs - 1})"
+                )
+            return y.astype(np.int64)
+        if y.ndim == 2:
+            if y.shape[1] != n_outputs:
+                raise ValueError(
+                    f"y has {y.shape[1]} columns but the model has {n_outputs} outputs"
+                )
+            if y.dtype.kind == "f" and not np.isfinite(y).all():
+                raise ValueError("y contains NaN or infinity")
+            if y.min() < 0:
+                raise ValueError("y rows for cross-entropy must be probabilities (>= 0)")
+            return y
+        raise ValueError(
+            f"y for cross-entropy must be 1-D class indices or 2-D probability rows; got {y.ndim}-D"
+        )
+
+
+def _namespace(x: Any) -> Any:
+    from array_api_compat import array_namespace
+
+    return array_namespace(x)
+
+
+def _size(x: Any) -> int:
+    n = 1
+    for s in x.shape:
+        n *= s
+    return n
+
+
+def _dtype_name(dtype: Any) -> str:
+    from .backend import dtype_name
+
+    return dtype_name(dtype)
+
+
+LOSSES: dict[str, type[Loss]] = {
+    "mse": MSELoss,
+    "mean_squared_error": MSELoss,
+    "binary_cross_entropy": BinaryCrossEntropy,
+    "bce": BinaryCrossEntropy,
+    "binary_crossentropy": BinaryCrossEntropy,
+    "cross_entropy": CrossEntropy,
+    "categorical_crossentropy": CrossEntropy,
+    "sparse_categorical_crossentropy": CrossEntropy,
+}
+
+
+def get_loss(loss: str | Loss) -> Loss:
+    """A loss object from a name or an instance."""
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, type) and issubclass(loss, Loss):
+        return loss()
+    return lookup("loss", loss, LOSSES)()
