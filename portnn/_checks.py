@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .backend import Backend, _library_name, to_numpy
+from .backend import Backend, _library_name, dtype_name, to_numpy
 
 T = TypeVar("T")
 
@@ -126,7 +126,7 @@ def as_input(
     arr = backend.asarray(x)
     if dtype is None and not xp.isdtype(arr.dtype, "real floating"):
         dtype = xp.float32
-    elif dtype is None and xp.isdtype(arr.dtype, "real floating") and arr.dtype == xp.float16:
+    elif dtype is None and dtype_name(arr.dtype) == "float16":
         dtype = xp.float32
     if dtype is not None and arr.dtype != dtype:
         arr = xp.astype(arr, dtype)

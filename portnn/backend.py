@@ -88,9 +88,15 @@ class Backend(str):
         except AttributeError:
             raise TypeError(f"backend {str(self)!r} has no dtype {name!r}") from None
 
-    def asarray(self, x: Any, dtype: Any = None) -> Any:
-        """Convert ``x`` (any library's array, nested lists, scalars) to this backend."""
-        return _asarray(self, x, dtype)
+    def asarray(self, x: Any, dtype: Any = None, *, copy: bool = False) -> Any:
+        """Convert ``x`` (any library's array, nested lists, scalars) to this backend.
+
+        The result may share memory with ``x`` unless ``copy=True``.
+        """
+        arr = _asarray(self, x, dtype)
+        if copy and _may_share(arr, x):
+            arr = self.xp.asarray(arr, copy=True)
+        return arr
 
 
 def dtype_name(dtype: Any) -> str:
@@ -273,6 +279,8 @@ def to_numpy(x: Any) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
     name = _library_name(x)
+    if name == "numpy":  # a NumPy scalar
+        return np.asarray(x)
     if name == "cupy":
         return x.get()
     if name == "torch":
@@ -298,6 +306,17 @@ def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
     else:
         arr = xp.asarray(host, device=backend.device)
     return arr if dtype is None or arr.dtype == dtype else xp.astype(arr, dtype)
+
+
+def _may_share(arr: Any, source: Any) -> bool:
+    if arr is source:
+        return True
+    name = _library_name(arr)
+    # these wrap host (NumPy) memory without copying it
+    return name in ("numpy", "torch", "array_api_strict") and _library_name(source) in (
+        "numpy",
+        name,
+    )
 
 
 def _has_float64(backend: Backend) -> bool:

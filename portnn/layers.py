@@ -108,7 +108,7 @@ class Module:
         for full, value in params.items():
             owner, key = slots[full]
             old = owner._params[key]
-            arr = owner._backend.asarray(value, old.dtype)
+            arr = owner._backend.asarray(value, old.dtype, copy=True)
             if tuple(arr.shape) != tuple(old.shape):
                 raise ValueError(
                     f"parameter {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}"
@@ -130,7 +130,10 @@ class Module:
 
         Returns the module itself, like PyTorch.
         """
-        target = _make_backend(backend if backend is not None else str(self._backend), device)
+        if backend is None and device is None:
+            target = self._backend
+        else:
+            target = _make_backend(backend if backend is not None else str(self._backend), device)
         state = getattr(self, "optimizer_state", None)
         for module in self.modules():
             module._backend = target
@@ -209,7 +212,7 @@ class Module:
         """Gradient with respect to the last ``forward``'s input; stores parameter gradients."""
         if self._backward is None:
             raise RuntimeError(f"{self.name}.backward() called before forward()")
-        dy = self._backend.asarray(dy)
+        dy = self._backend.asarray(dy, self.compute_dtype())
         if self._single:
             dy = dy[None, ...]
         dx, grads = self._backward(dy, True)
@@ -349,13 +352,11 @@ class Dense(Module):
 
 
 def _param(backend: Backend, name: str, value: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
-    arr = backend.asarray(value, dtype)
+    arr = backend.asarray(value, dtype, copy=True)  # never train a caller's array in place
     if tuple(arr.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
     if not backend.xp.isdtype(arr.dtype, "real floating"):
         arr = backend.xp.astype(arr, backend.xp.float32 if dtype is None else dtype)
-    if arr is value:  # never train a caller's array in place
-        arr = backend.xp.asarray(arr, copy=True)
     return arr
 
 
