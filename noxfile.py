@@ -1,0 +1,53 @@
+"""Test, docs and benchmark sessions.
+
+    nox -s tests                      # every backend (the CuPy one skips without a CUDA device)
+    nox -s "tests(backend='numpy')"   # one backend
+    nox -s docs                       # the documentation, warnings as errors
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import nox
+
+nox.options.default_venv_backend = "venv"
+nox.options.reuse_existing_virtualenvs = True
+nox.options.sessions = ["tests", "docs"]
+
+# torch==2.13.0 is the CPU build these machines hold on local disk; an unpinned
+# "torch" would download a multi-GB CUDA build.
+TORCH_CPU = "torch==2.13.0"
+
+BACKEND_REQUIREMENTS = {
+    "numpy": [TORCH_CPU],  # torch is the reference in equality tests
+    "array_api_strict": [],
+    "torch": [TORCH_CPU],
+    "cupy": ["cupy-cuda13x"],
+}
+
+
+def _cuda_visible() -> bool:
+    return shutil.which("nvidia-smi") is not None or os.path.exists("/dev/nvidia0")
+
+
+@nox.session
+@nox.parametrize("backend", list(BACKEND_REQUIREMENTS))
+def tests(session: nox.Session, backend: str) -> None:
+    """The one test suite, on one backend."""
+    if backend == "cupy" and not _cuda_visible():
+        session.skip("no CUDA device visible: the CuPy session runs on a GPU machine")
+    session.install("-e", ".[test]", *BACKEND_REQUIREMENTS[backend])
+    session.run(
+        "pytest",
+        *session.posargs,
+        env={"PORTNN_BACKEND": backend},
+    )
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """Build the documentation with warnings as errors."""
+    session.install("-e", ".[docs]")
+    session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
