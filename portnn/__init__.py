@@ -5,70 +5,13 @@ other compliant array library.
 """
 
 from . import functional
-from .backend import (
-    Backend,
-    BackendError,
-    available_backends,
-    get_backend,
-    set_backend,
-    to_numpy,
-    use_backend,
-)
-from .layers import (
-    ELU,
-    GELU,
-    Dense,
-    Identity,
-    LeakyReLU,
-    Module,
-    ReLU,
-    Sequential,
-    SiLU,
-    Sigmoid,
-    Softmax,
-    Softplus,
-    Step,
-    Tanh,
-)
+from .backend import Backend, BackendError, available_backends, get_backend, set_backend, to_numpy, use_backend
+from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequential, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, Optimizer
 from .training import History, evaluate, fit, gradient_check, predict, value_and_grad
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "ELU",
-    "GELU",
-    "SGD",
-    "Backend",
-    "BackendError",
-    "BinaryCrossEntropy",
-    "CrossEntropy",
-    "Dense",
-    "History",
-    "Identity",
-    "LeakyReLU",
-    "Loss",
-    "MSELoss",
-    "Module",
-    "Optimizer",
-    "ReLU",
-    "Sequential",
-    "SiLU",
-    "Sigmoid",
-    "Softmax",
-    "Softplus",
-    "Step",
-    "Tanh",
-    "available_backends",
-    "evaluate",
-    "fit",
-    "functional",
-    "get_backend",
-    "gradient_check",
-    "predict",
-    "set_backend",
-    "to_numpy",
-    "use_backend",
-    "value_and_grad",
-]
+# every public name imported above (one import line per module keeps this file easy to extend)
+__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in {"annotations"})

@@ -52,6 +52,8 @@ class Module:
 
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
+        # arrays that are state but not trained (running statistics): moved, copied, saved
+        self._buffers: dict[str, Any] = {}
         self._grads: dict[str, Any] = {}
         self._backend: Backend = get_backend()
         self._backward: Backward | None = None
@@ -82,6 +84,57 @@ class Module:
         for child_name, child in self.children():
             slots.extend(child._slots(f"{prefix}{child_name}."))
         return slots
+
+    def buffers(self) -> OrderedDict[str, Any]:
+        """Name → array for every non-trained state array (e.g. ``"1.running_mean"``)."""
+        found: OrderedDict[str, Any] = OrderedDict((k, v) for k, v in self._buffers.items())
+        for child_name, child in self.children():
+            for k, v in child.buffers().items():
+                found[f"{child_name}.{k}"] = v
+        return found
+
+    def load_buffers(self, buffers: Mapping[str, Any]) -> None:
+        """Set buffers from name → array-like, checking names and shapes first."""
+        owners = {}
+        for module_name, module in self.named_modules():
+            for key, old in module._buffers.items():
+                owners[f"{module_name}{key}"] = (module, key, old)
+        unknown = [k for k in buffers if k not in owners]
+        if unknown:
+            raise KeyError(f"unknown buffer names {unknown}; this model has {list(owners)}")
+        new = {}
+        for full, value in buffers.items():
+            module, key, old = owners[full]
+            arr = module._backend.asarray(value, old.dtype, copy=True)
+            if tuple(arr.shape) != tuple(old.shape):
+                raise ValueError(f"buffer {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}")
+            new[full] = arr
+        for full, arr in new.items():
+            module, key, _ = owners[full]
+            module._buffers[key] = arr
+
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """(prefix, module) pairs; the prefix ends with "." except for the root ("")."""
+        yield prefix, self
+        for child_name, child in self.children():
+            yield from child.named_modules(f"{prefix}{child_name}.")
+
+    def config(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this module (JSON-friendly); see ``portnn.io``."""
+        return {}
+
+    def extra_state(self) -> dict[str, Any]:
+        """JSON-friendly state that is neither parameter nor buffer (e.g. a generator's state)."""
+        return {}
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def save(self, path: Any) -> None:
+        """Save architecture, parameters and optimizer state to ``path``; see :func:`portnn.load`."""
+        from .io import save
+
+        save(self, path)
 
     def parameters(self) -> OrderedDict[str, Any]:
         """Name → array for every parameter (``"0.weight"``, ``"0.bias"``, ...)."""
@@ -137,19 +190,17 @@ class Module:
         state = getattr(self, "optimizer_state", None)
         for module in self.modules():
             module._backend = target
-            module._params = {
-                k: target.asarray(v, None if dtype is None else target.dtype(dtype))
-                for k, v in module._params.items()
+            cast = None if dtype is None else target.dtype(dtype)
+            module._params = {k: target.asarray(v, cast) for k, v in module._params.items()}
+            module._buffers = {
+                k: target.asarray(v, cast if _is_float(target, v) else None)
+                for k, v in module._buffers.items()
             }
             module._grads = {}
             module._backward = None
-            module._moved(target, dtype)
         if state is not None:
             self.optimizer_state = _move_tree(state, target)
         return self
-
-    def _moved(self, backend: Backend, dtype: Any) -> None:
-        """Hook for modules that hold arrays other than parameters."""
 
     def train(self, mode: bool = True) -> Module:
         for module in self.modules():
@@ -169,7 +220,7 @@ class Module:
         for k, v in self.__dict__.items():
             if k == "_backward":
                 clone.__dict__[k] = None
-            elif k in ("_params", "_grads"):
+            elif k in ("_params", "_buffers", "_grads"):
                 clone.__dict__[k] = {n: _copy_array(a, self._backend) for n, a in v.items()}
             else:
                 clone.__dict__[k] = copy.deepcopy(v, memo)
@@ -252,6 +303,10 @@ class Module:
         return ""
 
 
+def _is_float(backend: Backend, a: Any) -> bool:
+    return bool(backend.xp.isdtype(a.dtype, "real floating")) if hasattr(a, "dtype") else False
+
+
 def _copy_array(a: Any, backend: Backend) -> Any:
     return backend.xp.asarray(a, copy=True)
 
@@ -318,6 +373,18 @@ class Dense(Module):
             else:
                 b_dtype = None if dtype is None else backend.dtype(dtype)
             self._params["bias"] = _param(backend, "bias", bias, b_dtype, (self.out_features,))
+
+    def config(self) -> dict[str, Any]:
+        from .backend import dtype_name
+
+        return {
+            "in_features": self.in_features,
+            "out_features": self.out_features,
+            "use_bias": self.use_bias,
+            "dtype": dtype_name(self._params["weight"].dtype),
+            "init": self.init if isinstance(self.init, str) else "xavier_uniform",
+            "bias_init": self.bias_init if isinstance(self.bias_init, str) else "zeros",
+        }
 
     @property
     def weight(self) -> Any:
@@ -434,6 +501,9 @@ class LeakyReLU(_Activation):
     def _grad(self, x: Any, y: Any) -> Any:
         return F.leaky_relu_derivative(x, self.alpha, xp=self.xp)
 
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
+
     def _repr_args(self) -> str:
         return f"alpha={self.alpha}"
 
@@ -448,6 +518,9 @@ class ELU(_Activation):
 
     def _grad(self, x: Any, y: Any) -> Any:
         return F.elu_derivative(x, self.alpha, xp=self.xp)
+
+    def config(self) -> dict[str, Any]:
+        return {"alpha": self.alpha}
 
     def _repr_args(self) -> str:
         return f"alpha={self.alpha}"
@@ -478,6 +551,9 @@ class Softplus(_Activation):
         super().__init__()
         self.beta = float(beta)
         self.threshold = float(threshold)
+
+    def config(self) -> dict[str, Any]:
+        return {"beta": self.beta, "threshold": self.threshold}
 
     def _f(self, x: Any) -> Any:
         return F.softplus(x, self.beta, self.threshold, xp=self.xp)
@@ -532,6 +608,10 @@ class Sequential(Module):
 
     def children(self) -> list[tuple[str, Module]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def config(self) -> dict[str, Any]:
+        """Sequential's config is its layers; ``portnn.io`` serializes each in turn."""
+        return {}
 
     def __getitem__(self, index: int) -> Module:
         return self.layers[index]

@@ -335,10 +335,21 @@ def gradient_check(
     target = loss.prepare_target(y_host, _n_outputs(probe, xb[:1, ...]), n_samples=xb.shape[0])
     target = backend.asarray(target, loss.target_dtype(backend, xp.float64, target))
 
+    # modules that draw random numbers (Dropout) draw them from a host generator
+    # ``_rng``; every evaluation starts from the same generator state, so all see one mask
+    generators = [m._rng for m in probe.modules() if isinstance(getattr(m, "_rng", None), np.random.Generator)]
+    states = [g.bit_generator.state for g in generators]
+
+    def rewind() -> None:
+        for g, state in zip(generators, states):
+            g.bit_generator.state = state
+
     def loss_at() -> float:
+        rewind()
         pred, _ = probe._forward(xb, True)
         return float(loss.value_and_grad(pred, target, xp)[0])
 
+    rewind()
     _, grads = _value_and_grad(probe, loss, xb, target)
     rng = np.random.default_rng(seed)
     worst = 0.0
