@@ -14,4 +14,8 @@ from .training import History, evaluate, fit, gradient_check, predict, value_and
 __version__ = "0.1.0"
 
 # every public name imported above (one import line per module keeps this file easy to extend)
-__all__ = sorted(name for name in dir() if not name.startswith("_") and name not in {"annotations"})
+__all__ = sorted(
+    name
+    for name, value in globals().items()
+    if not name.startswith("_") and (not isinstance(value, type(functional)) or name == "functional")
+)

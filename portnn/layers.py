@@ -50,6 +50,15 @@ class Module:
 
     training: bool = False
 
+    # every Module subclass by class name, so a saved architecture can be rebuilt
+    # from names alone (loading a file never runs code from it)
+    registry: dict[str, type[Module]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if not cls.__name__.startswith("_"):
+            Module.registry[cls.__name__] = cls
+
     def __init__(self) -> None:
         self._params: dict[str, Any] = {}
         # arrays that are state but not trained (running statistics): moved, copied, saved
