@@ -139,6 +139,14 @@ class Module:
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`extra_state` returned."""
 
+    def has_penalty(self) -> bool:
+        """Whether this module adds a penalty (L1/L2) to the training loss."""
+        return False
+
+    def _penalty(self) -> tuple[Any, dict[str, Any]]:
+        """(penalty value, its gradient for each own parameter)."""
+        return 0.0, {}
+
     def save(self, path: Any) -> None:
         """Save architecture, parameters and optimizer state to ``path``; see :func:`portnn.load`."""
         from .io import save
@@ -300,10 +308,22 @@ class Module:
         return predict(self, X, batch_size=batch_size, **kwargs)
 
     def evaluate(self, X: Any, y: Any, **kwargs: Any) -> Any:
-        """Mean loss on ``X, y``; see :func:`portnn.evaluate`."""
+        """Mean loss (and metrics) on ``X, y``; see :func:`portnn.evaluate`."""
         from .training import evaluate
 
         return evaluate(self, X, y, **kwargs)
+
+    def predict_proba(self, X: Any, batch_size: int | None = None) -> Any:
+        """Class probabilities; see :func:`portnn.predict_proba`."""
+        from .training import predict_proba
+
+        return predict_proba(self, X, batch_size=batch_size)
+
+    def predict_classes(self, X: Any, batch_size: int | None = None) -> Any:
+        """Predicted class labels; see :func:`portnn.predict_classes`."""
+        from .training import predict_classes
+
+        return predict_classes(self, X, batch_size=batch_size)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._repr_args()})"
@@ -339,7 +359,8 @@ class Dense(Module):
     ``weight``/``bias`` array-likes are taken as given, dtype included. Otherwise
     they are drawn by ``init`` (and ``bias_init``) from a host generator seeded
     with ``seed``, so the same seed gives the same numbers on every backend.
-    ``dtype`` defaults to float32.
+    ``dtype`` defaults to float32. ``l1``/``l2`` add ``l1 * sum(|weight|) +
+    l2 * sum(weight ** 2)`` to the training loss (Keras's kernel regularizers).
     """
 
     def __init__(
@@ -354,10 +375,14 @@ class Dense(Module):
         *,
         bias_init: Any = "zeros",
         use_bias: bool = True,
+        l1: float = 0.0,
+        l2: float = 0.0,
     ) -> None:
         super().__init__()
-        from ._checks import count
+        from ._checks import count, positive_number
 
+        self.l1 = positive_number("l1", l1, allow_zero=True)
+        self.l2 = positive_number("l2", l2, allow_zero=True)
         self.in_features = count("in_features", in_features)
         self.out_features = count("out_features", out_features)
         self.use_bias = bool(use_bias) or bias is not None
@@ -393,7 +418,25 @@ class Dense(Module):
             "dtype": dtype_name(self._params["weight"].dtype),
             "init": self.init if isinstance(self.init, str) else "xavier_uniform",
             "bias_init": self.bias_init if isinstance(self.bias_init, str) else "zeros",
+            "l1": self.l1,
+            "l2": self.l2,
         }
+
+    def has_penalty(self) -> bool:
+        return bool(self.l1 or self.l2)
+
+    def _penalty(self) -> tuple[Any, dict[str, Any]]:
+        xp = self.xp
+        w = self._params["weight"]
+        value: Any = 0.0
+        grad: Any = 0.0
+        if self.l1:
+            value = value + self.l1 * xp.sum(xp.abs(w))
+            grad = grad + self.l1 * xp.sign(w)
+        if self.l2:
+            value = value + self.l2 * xp.sum(w * w)
+            grad = grad + (2.0 * self.l2) * w
+        return value, {"weight": grad}
 
     @property
     def weight(self) -> Any:

@@ -1,36 +1,54 @@
-"""Training and inference loops: value_and_grad, fit, predict, evaluate, gradient_check.
+"""Training and inference loops: value_and_grad, fit, evaluate, predict, gradient_check.
 
-Data of any array library is accepted. Host data (NumPy, lists) is moved to the
-model's device one batch at a time; data already on the model's backend is
-batched on the device. Losses are summed on the device and read once per epoch,
-so a training step never waits for the host.
+Data of any array library is accepted (see :mod:`portnn.data`). Losses and
+metrics are summed on the device and read once per epoch (or when the progress
+bar redraws), so a training step never waits for the host.
 """
 
 from __future__ import annotations
 
+import copy
 import math
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from ._checks import as_input, check_ndim, check_not_empty, count, host_array, is_device_array
-from .backend import Backend, _library_name, host_rng, to_numpy
-from .layers import Module
+from ._checks import as_input, count, host_array
+from .backend import host_rng, to_numpy
+from .callbacks import Callback
+from .data import Batcher, feature_matrix, take_rows
+from .layers import Module, Sigmoid, Softmax
 from .losses import Loss, get_loss
+from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer
+from .progress import Progress
 
-__all__ = ["History", "evaluate", "fit", "gradient_check", "predict", "value_and_grad"]
+__all__ = [
+    "History",
+    "evaluate",
+    "fit",
+    "gradient_check",
+    "predict",
+    "predict_classes",
+    "predict_proba",
+    "value_and_grad",
+]
 
 
 class History:
-    """What ``fit`` recorded: ``history.history["loss"]`` holds one value per epoch."""
+    """What ``fit`` recorded, one entry per epoch.
+
+    ``history.history`` maps ``"loss"``, each metric, their ``"val_"`` versions
+    and ``"lr"`` to lists of floats; ``history.epoch`` lists the epoch indices
+    and ``history.times`` the wall time of each epoch in seconds.
+    """
 
     def __init__(self) -> None:
         self.history: dict[str, list[float]] = {"loss": []}
         self.epoch: list[int] = []
+        self.times: list[float] = []
 
     def __getitem__(self, key: str) -> list[float]:
         return self.history[key]
@@ -38,17 +56,23 @@ class History:
     def __contains__(self, key: str) -> bool:
         return key in self.history
 
-    def record(self, epoch: int, **values: float) -> None:
+    def record(self, epoch: int, seconds: float, **values: float) -> None:
         self.epoch.append(epoch)
+        self.times.append(seconds)
         for key, value in values.items():
             self.history.setdefault(key, []).append(value)
 
     def __repr__(self) -> str:
-        last = {k: v[-1] for k, v in self.history.items() if v}
+        last = {k: round(v[-1], 6) for k, v in self.history.items() if v}
         return f"History(epochs={len(self.epoch)}, last={last})"
 
 
-# ---------------------------------------------------------------- inputs
+# ---------------------------------------------------------------- shared pieces
+
+
+def _model_dtype(model: Module) -> Any:
+    dtype = model.compute_dtype()
+    return dtype if dtype is not None else model.xp.float32
 
 
 def _n_outputs(model: Module, x_row: Any) -> int:
@@ -57,65 +81,57 @@ def _n_outputs(model: Module, x_row: Any) -> int:
     return int(y.shape[-1])
 
 
-def _features(model: Module, name: str, X: Any, *, finite: bool) -> Any:
-    """Validate a 2-D feature matrix; host data stays on the host, device data moves once."""
-    backend = model.backend
-    if is_device_array(X) and _library_name(X) == str(backend):
-        return as_input(backend, name, X, model.compute_dtype(), ndims=(2,), finite=finite)
-    if is_device_array(X):
-        X = to_numpy(X)
-    X = host_array(name, X)
-    check_ndim(name, X.shape, (2,))
-    check_not_empty(name, X.shape)
-    if finite and X.dtype.kind == "f" and not np.isfinite(X).all():
-        raise ValueError(f"{name} contains NaN or infinity; clean the data or pass check_finite=False")
-    return X
+def _last_layer(model: Module) -> Module:
+    children = model.children()
+    return _last_layer(children[-1][1]) if children else model
 
 
-def _batch_slices(n: int, batch_size: int) -> Iterator[tuple[int, int]]:
-    for start in range(0, n, batch_size):
-        yield start, min(start + batch_size, n)
+def _outputs_are_logits(model: Module, loss: Loss | None) -> bool:
+    """Whether outputs are raw scores (threshold 0) rather than probabilities (0.5)."""
+    if isinstance(_last_layer(model), Sigmoid | Softmax):
+        return False
+    return bool(getattr(loss, "from_logits", False))
 
 
-class _Batcher:
-    """Gathers batches of (X, y) onto the model's backend in the model's dtype."""
+class _Targets:
+    """Targets validated on the host once, with the dtype they take on the backend."""
 
-    def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any, y_dtype: Any) -> None:
-        self.backend = backend
-        self.xp = backend.xp
-        self.on_device = is_device_array(X)
-        self.dtype = dtype
-        self.X = X
-        self.y = y
-        self.y_dtype = y_dtype
-        if self.on_device and y is not None:
-            self.y = backend.asarray(y, y_dtype)
-
-    def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
-        n = self.X.shape[0]
-        xp = self.xp
-        device_order = None
-        if self.on_device and order is not None:
-            device_order = self.backend.asarray(order)
-        for start, stop in _batch_slices(n, batch_size):
-            if self.on_device:
-                if device_order is None:
-                    xb = self.X[start:stop, ...]
-                    yb = None if self.y is None else self.y[start:stop, ...]
-                else:
-                    idx = device_order[start:stop]
-                    xb = xp.take(self.X, idx, axis=0)
-                    yb = None if self.y is None else xp.take(self.y, idx, axis=0)
-            else:
-                sel = slice(start, stop) if order is None else order[start:stop]
-                xb = self.backend.asarray(self.X[sel], self.dtype)
-                yb = None if self.y is None else self.backend.asarray(self.y[sel], self.y_dtype)
-            yield xb, yb, stop - start
+    def __init__(self, model: Module, loss: Loss, X: Any, y: Any, name: str = "y") -> None:
+        backend = model.backend
+        dtype = _model_dtype(model)
+        first = backend.asarray(take_rows(X, 0, 1), dtype)
+        self.n_outputs = _n_outputs(model, first)
+        try:
+            self.values = loss.prepare_target(y, self.n_outputs, n_samples=int(X.shape[0]))
+        except (TypeError, ValueError) as e:
+            raise type(e)(str(e).replace("y ", f"{name} ", 1) if name != "y" else str(e)) from None
+        self.dtype = loss.target_dtype(backend, dtype, self.values)
 
 
-def _model_dtype(model: Module) -> Any:
-    dtype = model.compute_dtype()
-    return dtype if dtype is not None else model.xp.float32
+def _penalized(model: Module) -> list[tuple[str, Module]]:
+    return [(prefix, m) for prefix, m in model.named_modules() if m.has_penalty()]
+
+
+def _add_penalties(model: Module, penalized: list[tuple[str, Module]], value: Any, grads: dict[str, Any]) -> Any:
+    """Add L1/L2 penalties of layers that have them to the loss value and gradients."""
+    for prefix, module in penalized:
+        penalty, penalty_grads = module._penalty()
+        value = value + penalty
+        for key, g in penalty_grads.items():
+            grads[prefix + key] = grads[prefix + key] + g
+    return value
+
+
+def _value_and_grad(
+    model: Module, loss: Loss, xb: Any, yb: Any, penalized: list[tuple[str, Module]]
+) -> tuple[Any, dict[str, Any], Any]:
+    """(loss value, gradients by full parameter name, predictions) for one batch."""
+    pred, backward = model._forward(xb, True)
+    value, dpred = loss.value_and_grad(pred, yb, model.xp)
+    _, grads = backward(dpred, False)
+    if penalized:
+        value = _add_penalties(model, penalized, value, grads)
+    return value, grads, pred
 
 
 # ---------------------------------------------------------------- value_and_grad
@@ -125,8 +141,9 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     """Loss of ``model`` on ``(x, y)`` and its gradient for every parameter.
 
     Runs the forward pass in training mode. Returns ``(loss, grads)``: the loss
-    as a 0-d array of the model's backend, and a dict with the keys of
-    ``model.parameters()``. The gradients are also kept for ``model.gradients()``.
+    as a 0-d array of the model's backend (layer penalties included), and a dict
+    with the keys of ``model.parameters()``. The gradients are also kept for
+    ``model.gradients()``.
     """
     loss = get_loss(loss)
     backend = model.backend
@@ -136,25 +153,42 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     if xb.ndim == 1:
         xb = xb[None, :]
         y_host = y_host[None, ...]
-    target = loss.prepare_target(y_host, _n_outputs(model, xb[:1, ...]), n_samples=xb.shape[0])
-    target = backend.asarray(target, loss.target_dtype(backend, dtype, target))
-    value, grads = _value_and_grad(model, loss, xb, target)
+    targets = _Targets(model, loss, xb, y_host)
+    target = backend.asarray(targets.values, targets.dtype)
+    value, grads, _ = _value_and_grad(model, loss, xb, target, _penalized(model))
     model._store_gradients(grads)
-    return value, _ordered(model, grads)
-
-
-def _value_and_grad(model: Module, loss: Loss, xb: Any, yb: Any) -> tuple[Any, dict[str, Any]]:
-    pred, backward = model._forward(xb, True)
-    value, dpred = loss.value_and_grad(pred, yb, model.xp)
-    _, grads = backward(dpred, False)
-    return value, grads
-
-
-def _ordered(model: Module, grads: dict[str, Any]) -> dict[str, Any]:
-    return {name: grads[name] for name in model.parameters() if name in grads}
+    return value, {name: grads[name] for name in model.parameters() if name in grads}
 
 
 # ---------------------------------------------------------------- fit
+
+
+def _metrics(metrics: Sequence[str | Metric] | None) -> list[Metric]:
+    if metrics is None:
+        return []
+    if isinstance(metrics, str | Metric):
+        metrics = [metrics]
+    found = [get_metric(m) for m in metrics]
+    names = [m.name for m in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"metrics has duplicate names: {names}")
+    return found
+
+
+def _callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:
+    callbacks = list(callbacks or [])
+    for i, cb in enumerate(callbacks):
+        if not isinstance(cb, Callback):
+            raise TypeError(f"callbacks[{i}] is a {type(cb).__name__}, not a portnn Callback")
+    return callbacks
+
+
+def _split_fraction(validation_split: Any) -> float:
+    if isinstance(validation_split, bool) or not isinstance(validation_split, int | float):
+        raise TypeError(f"validation_split must be a number, got {type(validation_split).__name__}")
+    if not 0.0 <= float(validation_split) < 1.0:
+        raise ValueError(f"validation_split must be in [0, 1), got {validation_split!r}")
+    return float(validation_split)
 
 
 def fit(
@@ -167,15 +201,27 @@ def fit(
     batch_size: int | None = None,
     shuffle: bool = True,
     seed: int | None = None,
-    verbose: int = 1,
+    verbose: int | str = "auto",
+    validation_data: tuple[Any, Any] | None = None,
+    validation_split: float = 0.0,
+    metrics: Sequence[str | Metric] | None = None,
+    callbacks: Sequence[Callback] | None = None,
+    initial_epoch: int = 0,
     check_finite: bool = True,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
     ``loss`` and ``optimizer`` are objects or names; once given they are kept on
-    the model (``model.loss``, ``model.optimizer``) and reused by later calls.
-    ``batch_size=None`` trains on the full batch. ``seed`` fixes the shuffling.
-    ``verbose=1`` prints one line per epoch, ``0`` nothing. Returns a :class:`History`.
+    the model (``model.loss``, ``model.optimizer``, ``model.optimizer_state``) and
+    reused by later calls, so a second ``fit`` continues where the first stopped.
+    ``batch_size=None`` trains on the full batch; the last batch may be smaller.
+    The shuffling order of epoch ``k`` depends only on ``seed`` and ``k``, so
+    ``initial_epoch`` resumes a run exactly. ``validation_data=(Xv, yv)`` or
+    ``validation_split`` (the last fraction of ``X``, taken before shuffling)
+    adds ``val_`` entries to the history. ``verbose``: ``"auto"``/``1`` a
+    progress bar on a terminal (a line per epoch otherwise), ``2`` a line per
+    epoch, ``0`` silent. Every argument is checked before the model changes.
+    Returns a :class:`History`.
     """
     if not isinstance(model, Module):
         raise TypeError(f"model must be a portnn Module, got {type(model).__name__}")
@@ -187,19 +233,42 @@ def fit(
     else:
         opt = getattr(model, "optimizer", None) or SGD(lr=0.01)
     epochs = count("epochs", epochs, minimum=0)
+    initial_epoch = count("initial_epoch", initial_epoch, minimum=0)
+    if initial_epoch > epochs:
+        raise ValueError(f"initial_epoch ({initial_epoch}) is past epochs ({epochs})")
     batch_size = count("batch_size", batch_size, allow_none=True)
+    split = _split_fraction(validation_split)
+    if split and validation_data is not None:
+        raise ValueError("pass validation_data or validation_split, not both")
+    metric_objs = _metrics(metrics)
+    callback_objs = _callbacks(callbacks)
     if not model.parameters():
         raise ValueError("model has no parameters to train")
 
     backend = model.backend
     xp = backend.xp
     dtype = _model_dtype(model)
-    X = _features(model, "X", X, finite=check_finite)
-    n = X.shape[0]
-    first = backend.asarray(X[:1, ...], dtype)
-    target = loss_obj.prepare_target(y, _n_outputs(model, first), n_samples=n)
-    y_dtype = loss_obj.target_dtype(backend, dtype, target)
+    X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
+    targets = _Targets(model, loss_obj, X, y)
+    n = int(X.shape[0])
+    validation = None
+    if split:
+        n_val = int(n * split)
+        if n_val < 1 or n_val >= n:
+            raise ValueError(f"validation_split={split} leaves {n_val} of {n} samples for validation")
+        n -= n_val
+        Xv, yv = take_rows(X, n, n + n_val), targets.values[n:]
+        X, targets.values = take_rows(X, 0, n), targets.values[:n]
+        validation = (Xv, yv)
+    elif validation_data is not None:
+        if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
+            raise TypeError("validation_data must be a pair (X_val, y_val)")
+        Xv = feature_matrix(backend, "validation X", validation_data[0], dtype, finite=check_finite)
+        if Xv.shape[1] != X.shape[1]:
+            raise ValueError(f"validation X has {Xv.shape[1]} features, X has {X.shape[1]}")
+        validation = (Xv, _Targets(model, loss_obj, Xv, validation_data[1], "validation y").values)
     batch_size = n if batch_size is None else min(batch_size, n)
+    progress = Progress(verbose, epochs, n)
 
     # everything is valid: from here on the model may change
     model.loss = loss_obj
@@ -207,39 +276,134 @@ def fit(
         model.optimizer = opt
         model.optimizer_state = opt.init(model.parameters(), xp)
     history = model.history = History()
-
-    batcher = _Batcher(backend, dtype, X, target, y_dtype)
+    model.stop_training = False
+    batcher = Batcher(backend, dtype, X, targets.values, targets.dtype)
     slots = model._slots()
-    was_training = model.training
-    model.train()
+    penalized = _penalized(model)
+    logits = _outputs_are_logits(model, loss_obj)
     base_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    for cb in callback_objs:
+        cb.set_model(model)
+    was_training = model.training
+    logs: dict[str, Any] = {}
+    model.train()
     try:
-        for epoch in range(epochs):
-            start_time = time.perf_counter()
+        for cb in callback_objs:
+            cb.on_train_begin(logs)
+        for epoch in range(initial_epoch, epochs):
+            for cb in callback_objs:
+                cb.on_epoch_begin(epoch, logs)
+            for m in metric_objs:
+                m.reset()
+            progress.start_epoch(epoch)
             order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
-            total = 0.0
+            total: Any = 0.0
+            seen = 0
             for xb, yb, nb in batcher.batches(order, batch_size):
-                value, grads = _value_and_grad(model, loss_obj, xb, yb)
-                params, model.optimizer_state = opt.update(
-                    model.parameters(), grads, model.optimizer_state, xp
-                )
+                value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
+                params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
                 model._assign(params, slots)
                 total = total + value * nb
-            epoch_loss = float(total) / n
-            history.record(len(history.epoch), loss=epoch_loss)
-            if verbose:
-                seconds = time.perf_counter() - start_time
-                print(
-                    f"epoch {epoch + 1}/{epochs} - loss {epoch_loss:.6g} - {seconds:.2f}s",
-                    file=sys.stdout,
-                    flush=True,
-                )
+                seen += nb
+                if metric_objs:
+                    batch = Batch(pred, yb, xp, logits)
+                    for m in metric_objs:
+                        m.update(batch)
+                progress.advance(nb, lambda: {"loss": float(total) / seen})
+            logs = {"loss": float(total) / n}
+            logs.update(_results(metric_objs))
+            if validation is not None:
+                model.train(False)
+                val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
+                model.train(True)
+                logs.update({f"val_{k}": v for k, v in val.items()})
+            logs["lr"] = float(opt.lr)
+            seconds = progress.end_epoch(epoch, logs)
+            history.record(epoch, seconds, **{k: v for k, v in logs.items() if isinstance(v, float)})
+            for cb in callback_objs:
+                cb.on_epoch_end(epoch, logs)
+            if model.stop_training:
+                break
     finally:
+        progress.close()
         model.train(was_training)
+    for cb in callback_objs:
+        cb.on_train_end(logs)
     return history
 
 
-# ---------------------------------------------------------------- predict / evaluate
+def _results(metric_objs: list[Metric]) -> dict[str, Any]:
+    return {m.name: m.result() for m in metric_objs}
+
+
+def _evaluate(
+    model: Module,
+    loss: Loss,
+    X: Any,
+    y: Any,
+    y_dtype: Any,
+    metric_objs: list[Metric],
+    batch_size: int,
+    logits: bool,
+) -> dict[str, Any]:
+    """Mean loss (penalties excluded) and metrics over ``(X, y)`` in the current mode."""
+    xp = model.xp
+    n = int(X.shape[0])
+    total: Any = 0.0
+    fresh = [copy.copy(m) for m in metric_objs]  # the training metrics keep their sums
+    for m in fresh:
+        m.reset()
+    for xb, yb, nb in Batcher(model.backend, _model_dtype(model), X, y, y_dtype).batches(None, batch_size):
+        pred, _ = model._forward(xb, False)
+        value, _ = loss.value_and_grad(pred, yb, xp)
+        total = total + value * nb
+        if fresh:
+            batch = Batch(pred, yb, xp, logits)
+            for m in fresh:
+                m.update(batch)
+    return {"loss": float(total) / n, **_results(fresh)}
+
+
+# ---------------------------------------------------------------- evaluate / predict
+
+
+def evaluate(
+    model: Module,
+    X: Any,
+    y: Any,
+    loss: Loss | str | None = None,
+    metrics: Sequence[str | Metric] | None = None,
+    batch_size: int | None = None,
+    check_finite: bool = True,
+) -> float | dict[str, Any]:
+    """Mean loss of ``model`` on ``(X, y)`` in inference mode (the model's loss if none given).
+
+    With ``metrics`` it returns a dict ``{"loss": ..., "accuracy": ...}`` instead
+    of the loss alone.
+    """
+    loss_obj = get_loss(loss) if loss is not None else getattr(model, "loss", None)
+    if loss_obj is None:
+        raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
+    metric_objs = _metrics(metrics)
+    batch_size = count("batch_size", batch_size, allow_none=True)
+    X = feature_matrix(model.backend, "X", X, _model_dtype(model), finite=check_finite)
+    targets = _Targets(model, loss_obj, X, y)
+    was_training = model.training
+    model.eval()
+    try:
+        results = _evaluate(
+            model,
+            loss_obj,
+            X,
+            targets.values,
+            targets.dtype,
+            metric_objs,
+            int(X.shape[0]) if batch_size is None else batch_size,
+            _outputs_are_logits(model, loss_obj),
+        )
+    finally:
+        model.train(was_training)
+    return results if metrics is not None else results["loss"]
 
 
 def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: bool = True) -> Any:
@@ -250,53 +414,45 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
     batch_size = count("batch_size", batch_size, allow_none=True)
     backend = model.backend
     dtype = _model_dtype(model)
-    single = _ndim(X) == 1
-    if single:
-        return model._forward(as_input(backend, "X", X, dtype, finite=check_finite)[None, :], False)[0][0, ...]
-    X = _features(model, "X", X, finite=check_finite)
-    n = X.shape[0]
-    batch_size = n if batch_size is None else batch_size
+    if _ndim(X) == 1:
+        x = as_input(backend, "X", X, dtype, finite=check_finite)
+        return model._forward(x[None, :], False)[0][0, ...]
+    X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
+    n = int(X.shape[0])
     outputs = [
         model._forward(xb, False)[0]
-        for xb, _, _ in _Batcher(backend, dtype, X, None, None).batches(None, batch_size)
+        for xb, _, _ in Batcher(backend, dtype, X).batches(None, n if batch_size is None else batch_size)
     ]
     return outputs[0] if len(outputs) == 1 else backend.xp.concat(outputs, axis=0)
 
 
-def evaluate(
-    model: Module,
-    X: Any,
-    y: Any,
-    loss: Loss | str | None = None,
-    batch_size: int | None = None,
-    check_finite: bool = True,
-) -> float:
-    """Mean loss of ``model`` on ``(X, y)`` in inference mode (the model's loss if none given)."""
-    loss_obj = get_loss(loss) if loss is not None else getattr(model, "loss", None)
-    if loss_obj is None:
-        raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
-    batch_size = count("batch_size", batch_size, allow_none=True)
-    backend = model.backend
-    dtype = _model_dtype(model)
-    X = _features(model, "X", X, finite=check_finite)
-    n = X.shape[0]
-    first = backend.asarray(X[:1, ...], dtype)
-    target = loss_obj.prepare_target(y, _n_outputs(model, first), n_samples=n)
-    y_dtype = loss_obj.target_dtype(backend, dtype, target)
-    total = 0.0
-    batcher = _Batcher(backend, dtype, X, target, y_dtype)
-    for xb, yb, nb in batcher.batches(None, n if batch_size is None else batch_size):
-        pred, _ = model._forward(xb, False)
-        value, _ = loss_obj.value_and_grad(pred, yb, backend.xp)
-        total = total + value * nb
-    return float(total) / n
+def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
+    """Class probabilities: the outputs if the model ends in Softmax/Sigmoid, else softmax
+    (several outputs) or sigmoid (one output) of its scores."""
+    from . import functional as F
+
+    out = predict(model, X, batch_size=batch_size)
+    if isinstance(_last_layer(model), Sigmoid | Softmax):
+        return out
+    xp = model.xp
+    if out.shape[-1] == 1:
+        return F.sigmoid(out, xp=xp)
+    return F.softmax(out, xp=xp)
+
+
+def predict_classes(model: Module, X: Any, batch_size: int | None = None) -> Any:
+    """Predicted class labels (integers of the model's backend)."""
+    from .metrics import predicted_labels
+
+    out = predict(model, X, batch_size=batch_size)
+    single = out.ndim == 1
+    labels = predicted_labels(out[None, :] if single else out, model.xp, _outputs_are_logits(model, getattr(model, "loss", None)))
+    return labels[0] if single else labels
 
 
 def _ndim(X: Any) -> int:
     shape = getattr(X, "shape", None)
-    if shape is None:
-        return np.ndim(X)
-    return len(shape)
+    return np.ndim(X) if shape is None else len(shape)
 
 
 # ---------------------------------------------------------------- gradient check
@@ -347,10 +503,14 @@ def gradient_check(
     def loss_at() -> float:
         rewind()
         pred, _ = probe._forward(xb, True)
-        return float(loss.value_and_grad(pred, target, xp)[0])
+        value, _ = loss.value_and_grad(pred, target, xp)
+        for _, module in penalized:
+            value = value + module._penalty()[0]
+        return float(value)
 
     rewind()
-    _, grads = _value_and_grad(probe, loss, xb, target)
+    penalized = _penalized(probe)
+    _, grads, _ = _value_and_grad(probe, loss, xb, target, penalized)
     rng = np.random.default_rng(seed)
     worst = 0.0
     for full, owner, key in probe._slots():
