@@ -299,6 +299,8 @@ def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
     ):
         return x if dtype is None or x.dtype == dtype else xp.astype(x, dtype)
     host = to_numpy(x)
+    if not host.flags.writeable and str(backend) != "numpy":
+        host = np.array(host)  # read-only memory (memmaps): libraries that wrap it may write
     if dtype is None and host.dtype == np.float64 and not _has_float64(backend):
         dtype = xp.float32
     if backend.device is None:
