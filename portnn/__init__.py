@@ -10,6 +10,7 @@ from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequent
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, Optimizer
 from .training import History, evaluate, fit, gradient_check, predict, value_and_grad
+from .io import load, save
 
 __version__ = "0.1.0"
 
