@@ -8,29 +8,90 @@ a JAX one). The rules and defaults follow PyTorch's ``torch.optim``.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
 from ._checks import lookup, positive_number
 
-__all__ = ["SGD", "Optimizer", "get_optimizer"]
+__all__ = [
+    "SGD",
+    "AdaGrad",
+    "Adam",
+    "AdamW",
+    "Optimizer",
+    "RMSProp",
+    "clip_by_global_norm",
+    "get_optimizer",
+]
+
+
+def clip_by_global_norm(
+    grads: Mapping[str, Any], max_norm: float, xp: Any
+) -> tuple[dict[str, Any], Any]:
+    """Scale ``grads`` so that their joint L2 norm is at most ``max_norm``.
+
+    As ``torch.nn.utils.clip_grad_norm_``: the total norm is taken over all
+    gradients together, and every gradient is multiplied by
+    ``min(max_norm / (total_norm + 1e-6), 1)``. Everything stays on the device
+    (no host synchronization), and the caller's arrays are not changed.
+
+    Returns the clipped gradients (a new dict of new arrays) and the total norm
+    before clipping (a 0-d array on the gradients' device).
+    """
+    max_norm = positive_number("max_norm", max_norm)
+    if not grads:
+        raise ValueError("clip_by_global_norm needs at least one gradient")
+    total = xp.sqrt(sum(xp.sum(g * g) for g in grads.values()))
+    coef = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    clipped = {
+        k: g * (coef if coef.dtype == g.dtype else xp.astype(coef, g.dtype))
+        for k, g in grads.items()
+    }
+    return clipped, total
+
+
+def _fraction(name: str, value: Any) -> float:
+    """A number in [0, 1)."""
+    v = positive_number(name, value, allow_zero=True)
+    if v >= 1:
+        raise ValueError(f"{name} must be in [0, 1), got {value!r}")
+    return v
+
+
+def _ema(avg: Any, x: Any, decay: float) -> Any:
+    """``avg = decay * avg + (1 - decay) * x``, in place where ``avg`` is writeable."""
+    avg *= decay
+    avg += (1 - decay) * x
+    return avg
 
 
 class Optimizer:
-    """Base class: subclasses name their per-parameter slots and give ``_update_one``."""
+    """Base class: subclasses name their per-parameter slots and give ``_update_one``.
+
+    ``slots`` maps each slot name to the value it starts at (a tuple of names
+    starts them at zero); ``init`` creates one array per slot and parameter,
+    like the parameter (so on its backend, device and dtype). ``clip_norm`` (if
+    given) clips the gradients by their global norm (:func:`clip_by_global_norm`)
+    before every step. ``config()`` returns the constructor's arguments, so
+    ``type(opt)(**opt.config())`` rebuilds the optimizer.
+    """
 
     name = "optimizer"
-    slots: tuple[str, ...] = ()
+    slots: Mapping[str, float] = {}
 
-    def __init__(self, lr: float) -> None:
+    def __init__(self, lr: float, clip_norm: float | None = None) -> None:
         self.lr = positive_number("lr", lr)
+        self.clip_norm = None if clip_norm is None else positive_number("clip_norm", clip_norm)
 
     def init(self, params: Mapping[str, Any], xp: Any) -> dict[str, Any]:
-        """Fresh state: a step count and zeroed slots shaped like each parameter."""
+        """Fresh state: a step count and slots shaped like each parameter."""
+        slots = self.slots if isinstance(self.slots, Mapping) else dict.fromkeys(self.slots, 0.0)
         return {
             "step": 0,
             "slots": {
-                name: {slot: xp.zeros_like(p) for slot in self.slots} for name, p in params.items()
+                name: {slot: xp.full_like(p, value) for slot, value in slots.items()}
+                for name, p in params.items()
             },
         }
 
@@ -38,22 +99,34 @@ class Optimizer:
         self, params: Mapping[str, Any], grads: Mapping[str, Any], state: dict[str, Any], xp: Any
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """One step for every parameter; returns the new parameters and state."""
+        if self.clip_norm is not None:
+            grads, _ = clip_by_global_norm(grads, self.clip_norm, xp)
         step = state["step"] + 1
         new_params = {}
         new_slots = {}
         for name, p in params.items():
             new_params[name], new_slots[name] = self._update_one(
-                p, grads[name], state["slots"][name], step, xp
+                p, grads[name], dict(state["slots"][name]), step, xp
             )
         return new_params, {"step": step, "slots": new_slots}
 
     def _update_one(
         self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
     ) -> tuple[Any, dict[str, Any]]:
+        """Update one parameter; ``slots`` is this call's own dict, to fill with the new slots."""
         raise NotImplementedError
 
+    def _l2(self, g: Any, p: Any) -> Any:
+        """The gradient with L2 weight decay added (a new array; ``g`` is not changed)."""
+        return g + self.weight_decay * p if self.weight_decay else g
+
     def config(self) -> dict[str, Any]:
-        return {"lr": self.lr}
+        """The constructor's arguments (JSON-friendly: tuples as lists)."""
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        params = inspect.signature(type(self).__init__).parameters.values()
+        names = [q.name for q in params if q.kind in kinds and q.name != "self"]
+        values = {n: getattr(self, n) for n in names}
+        return {n: list(v) if isinstance(v, tuple) else v for n, v in values.items()}
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items())
@@ -76,38 +149,200 @@ class SGD(Optimizer):
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,
+        clip_norm: float | None = None,
     ) -> None:
-        super().__init__(lr)
+        super().__init__(lr, clip_norm)
         self.momentum = positive_number("momentum", momentum, allow_zero=True)
         self.nesterov = bool(nesterov)
         self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.slots = ("momentum_buffer",) if self.momentum else ()
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "lr": self.lr,
-            "momentum": self.momentum,
-            "nesterov": self.nesterov,
-            "weight_decay": self.weight_decay,
-        }
+        self.slots = {"momentum_buffer": 0.0} if self.momentum else {}
 
     def _update_one(
         self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
     ) -> tuple[Any, dict[str, Any]]:
-        d = g + self.weight_decay * p if self.weight_decay else g
+        d = self._l2(g, p)
         if self.momentum:
             buf = slots["momentum_buffer"]
             buf *= self.momentum
             buf += d
             d = d + self.momentum * buf if self.nesterov else buf
-            slots = {"momentum_buffer": buf}
+            slots["momentum_buffer"] = buf
         p -= self.lr * d
         return p, slots
 
 
-OPTIMIZERS: dict[str, type[Optimizer]] = {"sgd": SGD}
+class AdaGrad(Optimizer):
+    """AdaGrad, as ``torch.optim.Adagrad``.
+
+    ``g += weight_decay * p``; ``sum += g * g``; then
+    ``p -= lr / (1 + (step - 1) * lr_decay) * g / (sqrt(sum) + eps)``, with
+    ``sum`` starting at ``initial_accumulator_value``.
+    """
+
+    name = "adagrad"
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        lr_decay: float = 0.0,
+        weight_decay: float = 0.0,
+        initial_accumulator_value: float = 0.0,
+        eps: float = 1e-10,
+        clip_norm: float | None = None,
+    ) -> None:
+        super().__init__(lr, clip_norm)
+        self.lr_decay = positive_number("lr_decay", lr_decay, allow_zero=True)
+        self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
+        self.initial_accumulator_value = positive_number(
+            "initial_accumulator_value", initial_accumulator_value, allow_zero=True
+        )
+        self.eps = positive_number("eps", eps)
+        self.slots = {"sum": self.initial_accumulator_value}
+
+    def _update_one(
+        self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        g = self._l2(g, p)
+        total = slots["sum"]
+        total += g * g
+        slots["sum"] = total
+        std = xp.sqrt(total)
+        std += self.eps
+        p -= self.lr / (1 + (step - 1) * self.lr_decay) * (g / std)
+        return p, slots
+
+
+class RMSProp(Optimizer):
+    """RMSProp, as ``torch.optim.RMSprop``.
+
+    ``g += weight_decay * p``; ``square_avg = alpha * square_avg + (1 - alpha) * g * g``;
+    ``avg = sqrt(square_avg) + eps`` (``centered``: ``sqrt(square_avg - grad_avg ** 2) + eps``
+    with ``grad_avg`` the same running average of ``g``); then ``p -= lr * g / avg``,
+    or with momentum ``b = momentum * b + g / avg`` and ``p -= lr * b``.
+    """
+
+    name = "rmsprop"
+
+    def __init__(
+        self,
+        lr: float = 0.01,
+        alpha: float = 0.99,
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        momentum: float = 0.0,
+        centered: bool = False,
+        clip_norm: float | None = None,
+    ) -> None:
+        super().__init__(lr, clip_norm)
+        self.alpha = _fraction("alpha", alpha)
+        self.eps = positive_number("eps", eps)
+        self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
+        self.momentum = positive_number("momentum", momentum, allow_zero=True)
+        self.centered = bool(centered)
+        self.slots = {
+            "square_avg": 0.0,
+            **({"momentum_buffer": 0.0} if self.momentum else {}),
+            **({"grad_avg": 0.0} if self.centered else {}),
+        }
+
+    def _update_one(
+        self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        g = self._l2(g, p)
+        sq = slots["square_avg"] = _ema(slots["square_avg"], g * g, self.alpha)
+        if self.centered:
+            ga = slots["grad_avg"] = _ema(slots["grad_avg"], g, self.alpha)
+            avg = xp.sqrt(sq - ga * ga)
+        else:
+            avg = xp.sqrt(sq)
+        avg += self.eps
+        if self.momentum:
+            buf = slots["momentum_buffer"]
+            buf *= self.momentum
+            buf += g / avg
+            slots["momentum_buffer"] = buf
+            p -= self.lr * buf
+        else:
+            p -= self.lr * (g / avg)
+        return p, slots
+
+
+class Adam(Optimizer):
+    """Adam, as ``torch.optim.Adam`` (``weight_decay`` is L2: added to the gradient).
+
+    ``m = beta1 * m + (1 - beta1) * g``; ``v = beta2 * v + (1 - beta2) * g * g``
+    (``amsgrad``: the running maximum of ``v`` is used in its place); then
+    ``p -= lr / (1 - beta1 ** step) * m / (sqrt(v / (1 - beta2 ** step)) + eps)``.
+    """
+
+    name = "adam"
+    decoupled = False
+
+    def __init__(
+        self,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        amsgrad: bool = False,
+        clip_norm: float | None = None,
+    ) -> None:
+        super().__init__(lr, clip_norm)
+        if isinstance(betas, str) or not hasattr(betas, "__len__") or len(betas) != 2:
+            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
+        self.betas = (_fraction("betas[0]", betas[0]), _fraction("betas[1]", betas[1]))
+        self.eps = positive_number("eps", eps)
+        self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
+        self.amsgrad = bool(amsgrad)
+        self.slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
+        if self.amsgrad:
+            self.slots["max_exp_avg_sq"] = 0.0
+
+    def _update_one(
+        self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
+    ) -> tuple[Any, dict[str, Any]]:
+        beta1, beta2 = self.betas
+        if not self.decoupled:
+            g = self._l2(g, p)
+        elif self.weight_decay:
+            p *= 1 - self.lr * self.weight_decay
+        m = slots["exp_avg"] = _ema(slots["exp_avg"], g, beta1)
+        v = slots["exp_avg_sq"] = _ema(slots["exp_avg_sq"], g * g, beta2)
+        if self.amsgrad:
+            v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
+        denom = xp.sqrt(v) / (1 - beta2**step) ** 0.5
+        denom += self.eps
+        p -= self.lr / (1 - beta1**step) * (m / denom)
+        return p, slots
+
+
+class AdamW(Adam):
+    """AdamW, as ``torch.optim.AdamW``: Adam with decoupled weight decay.
+
+    Before the Adam step, ``p *= 1 - lr * weight_decay``; the gradient itself is
+    not changed.
+    """
+
+    name = "adamw"
+    decoupled = True
+
+    def __init__(
+        self,
+        lr: float = 0.001,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+        amsgrad: bool = False,
+        clip_norm: float | None = None,
+    ) -> None:
+        super().__init__(lr, betas, eps, weight_decay, amsgrad, clip_norm)
+
+
+OPTIMIZERS: dict[str, type[Optimizer]] = {
+    cls.name: cls for cls in (SGD, AdaGrad, RMSProp, Adam, AdamW)
+}
 
 
 def get_optimizer(optimizer: str | Optimizer) -> Optimizer:
