@@ -7,6 +7,7 @@ other compliant array library.
 from . import functional
 from .backend import Backend, BackendError, available_backends, get_backend, set_backend, to_numpy, use_backend
 from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequential, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
+from .regularization import BatchNorm, Dropout, LayerNorm
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
 from .training import History, evaluate, fit, gradient_check, predict, value_and_grad

@@ -1,0 +1,299 @@
+"""Regularization and normalization layers: Dropout, BatchNorm and LayerNorm.
+
+They follow the :class:`~portnn.layers.Module` protocol: ``_forward(x, training)``
+returns ``(y, backward)``, and the math uses only ``self.xp``. Their behaviour
+depends on the mode: ``fit`` runs them in training mode, ``predict`` and
+``evaluate`` in inference mode.
+
+Dropout draws its masks on the host from a NumPy generator, so the same seed
+gives the same masks on every backend. BatchNorm keeps its running statistics
+as buffers, which ``to()`` moves and ``copy()`` copies.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from ._checks import count, positive_number
+from .backend import Backend, dtype_name
+from .layers import Backward, Module
+
+__all__ = ["BatchNorm", "Dropout", "LayerNorm"]
+
+
+def _probability(name: str, value: Any, *, upper_inclusive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    ok = 0.0 <= v <= 1.0 if upper_inclusive else 0.0 <= v < 1.0
+    if not ok:  # NaN fails both comparisons
+        bound = "[0, 1]" if upper_inclusive else "[0, 1)"
+        raise ValueError(f"{name} must be in {bound}, got {value!r}")
+    return v
+
+
+def _seed(value: Any) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"seed must be None or an integer, got {type(value).__name__}")
+    if int(value) < 0:
+        raise ValueError(f"seed must be >= 0, got {value!r}")
+    return int(value)
+
+
+def _filled(backend: Backend, value: float, features: int, dtype: Any) -> Any:
+    dt = backend.dtype(dtype if dtype is not None else "float32")
+    xp = backend.xp
+    if not xp.isdtype(dt, "real floating"):
+        raise TypeError(f"dtype must be a floating dtype, got {dtype_name(dt)!r}")
+    return xp.full((features,), value, dtype=dt, device=backend.device)
+
+
+def _check_features(layer: Module, features: int, x: Any) -> None:
+    if x.shape[-1] != features:
+        raise ValueError(
+            f"{layer.name} expects {features} input features, got "
+            f"{x.shape[-1]} (input shape {tuple(x.shape)})"
+        )
+
+
+# ---------------------------------------------------------------- Dropout
+
+
+class Dropout(Module):
+    """Inverted dropout: in training mode, zero each element with probability ``p``.
+
+    Kept elements are scaled by ``1 / (1 - p)``, so the expected output equals
+    the input and inference mode is the identity. Masks are drawn on the host
+    from ``numpy.random.default_rng(seed)`` and converted once per call, so the
+    same seed gives the same masks on every backend. The generator's state is
+    saved with the model (:meth:`extra_state`).
+
+    :param p: probability of zeroing an element, in [0, 1); 0 is the identity.
+    :param seed: seed of the host generator (None: fresh entropy).
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
+        super().__init__()
+        self.p = _probability("p", p, upper_inclusive=False)
+        self.seed = _seed(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def config(self) -> dict[str, Any]:
+        return {"p": self.p, "seed": self.seed}
+
+    def extra_state(self) -> dict[str, Any]:
+        """The host generator's ``bit_generator.state`` (JSON-friendly)."""
+        return self._rng.bit_generator.state
+
+    def load_extra_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the host generator from what :meth:`extra_state` returned."""
+        if state:
+            self._rng.bit_generator.state = dict(state)
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        if not training or self.p == 0.0:
+            return x, lambda dy, need_dx=True: (dy, {})
+        keep = self._rng.random(tuple(x.shape)) >= self.p
+        mask = self._backend.asarray(keep, x.dtype) * (1.0 / (1.0 - self.p))
+        y = x * mask
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            return (dy * mask if need_dx else None), {}
+
+        return y, backward
+
+    def _repr_args(self) -> str:
+        return f"p={self.p}"
+
+
+# ---------------------------------------------------------------- BatchNorm
+
+
+class BatchNorm(Module):
+    """Batch normalization of 2-D input ``(samples, features)``, like ``torch.nn.BatchNorm1d``.
+
+    In training mode each feature is normalized with the batch mean and
+    (biased) variance, and the running statistics are updated as
+    ``running = (1 - momentum) * running + momentum * batch_statistic``, with the
+    unbiased batch variance for ``running_var``. In inference mode the running
+    statistics are used. The output is ``x_hat * weight + bias``.
+
+    :param features: number of input features.
+    :param momentum: weight of the new batch statistic in the running statistics, in [0, 1].
+    :param eps: added to the variance before the square root.
+    :param dtype: dtype name of parameters and running statistics (default ``"float32"``).
+    """
+
+    def __init__(
+        self, features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = None
+    ) -> None:
+        super().__init__()
+        self.features = count("features", features)
+        self.momentum = _probability("momentum", momentum, upper_inclusive=True)
+        self.eps = positive_number("eps", eps)
+        backend = self._backend
+        self._params["weight"] = _filled(backend, 1.0, self.features, dtype)
+        self._params["bias"] = _filled(backend, 0.0, self.features, dtype)
+        self._buffers["running_mean"] = _filled(backend, 0.0, self.features, dtype)
+        self._buffers["running_var"] = _filled(backend, 1.0, self.features, dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "momentum": self.momentum,
+            "eps": self.eps,
+            "dtype": dtype_name(self._params["weight"].dtype),
+        }
+
+    @property
+    def weight(self) -> Any:
+        return self._params["weight"]
+
+    @property
+    def bias(self) -> Any:
+        return self._params["bias"]
+
+    @property
+    def running_mean(self) -> Any:
+        return self._buffers["running_mean"]
+
+    @property
+    def running_var(self) -> Any:
+        return self._buffers["running_var"]
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        xp = self.xp
+        if x.ndim != 2:
+            raise ValueError(
+                f"{self.name} expects 2-D input (samples, features), got shape {tuple(x.shape)}"
+            )
+        _check_features(self, self.features, x)
+        w = self._params["weight"]
+        b = self._params["bias"]
+        n = x.shape[0]
+        if training:
+            if n < 2:
+                raise ValueError(
+                    f"{self.name} needs more than 1 sample per batch in training mode, "
+                    f"got input shape {tuple(x.shape)}"
+                )
+            mean = xp.mean(x, axis=0)
+            xc = x - mean
+            var = xp.mean(xc * xc, axis=0)
+            self._update_running(mean, var * (n / (n - 1)))
+        else:
+            mean = self._buffers["running_mean"]
+            var = self._buffers["running_var"]
+            xc = x - mean
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = xc * inv
+        y = x_hat * w + b
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            grads = {"weight": xp.sum(dy * x_hat, axis=0), "bias": xp.sum(dy, axis=0)}
+            if not need_dx:
+                return None, grads
+            dx_hat = dy * w
+            if training:
+                # through the batch mean and variance as well
+                dx = inv * (
+                    dx_hat
+                    - xp.mean(dx_hat, axis=0)
+                    - x_hat * xp.mean(dx_hat * x_hat, axis=0)
+                )
+            else:
+                dx = dx_hat * inv
+            return dx, grads
+
+        return y, backward
+
+    def _update_running(self, mean: Any, var_unbiased: Any) -> None:
+        # rebind, never mutate: a caller may hold the old arrays
+        m = self.momentum
+        for key, batch in (("running_mean", mean), ("running_var", var_unbiased)):
+            old = self._buffers[key]
+            new = (1.0 - m) * old + m * batch
+            if new.dtype != old.dtype:
+                new = self.xp.astype(new, old.dtype)
+            self._buffers[key] = new
+
+    def _repr_args(self) -> str:
+        return f"{self.features}, momentum={self.momentum}, eps={self.eps}"
+
+
+# ---------------------------------------------------------------- LayerNorm
+
+
+class LayerNorm(Module):
+    """Layer normalization over the last axis, like ``torch.nn.LayerNorm(features)``.
+
+    Each sample is normalized with its own mean and (biased) variance over the
+    last axis, then scaled by ``weight`` and shifted by ``bias``. It behaves the
+    same in training and inference mode.
+
+    :param features: size of the last axis.
+    :param eps: added to the variance before the square root.
+    :param dtype: dtype name of the parameters (default ``"float32"``).
+    """
+
+    def __init__(self, features: int, eps: float = 1e-5, dtype: Any = None) -> None:
+        super().__init__()
+        self.features = count("features", features)
+        self.eps = positive_number("eps", eps)
+        self._params["weight"] = _filled(self._backend, 1.0, self.features, dtype)
+        self._params["bias"] = _filled(self._backend, 0.0, self.features, dtype)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "features": self.features,
+            "eps": self.eps,
+            "dtype": dtype_name(self._params["weight"].dtype),
+        }
+
+    @property
+    def weight(self) -> Any:
+        return self._params["weight"]
+
+    @property
+    def bias(self) -> Any:
+        return self._params["bias"]
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        xp = self.xp
+        _check_features(self, self.features, x)
+        w = self._params["weight"]
+        b = self._params["bias"]
+        mean = xp.mean(x, axis=-1, keepdims=True)
+        xc = x - mean
+        var = xp.mean(xc * xc, axis=-1, keepdims=True)
+        inv = 1.0 / xp.sqrt(var + self.eps)
+        x_hat = xc * inv
+        y = x_hat * w + b
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            f = self.features
+            flat_dy = xp.reshape(dy, (-1, f))
+            grads = {
+                "weight": xp.sum(flat_dy * xp.reshape(x_hat, (-1, f)), axis=0),
+                "bias": xp.sum(flat_dy, axis=0),
+            }
+            if not need_dx:
+                return None, grads
+            dx_hat = dy * w
+            dx = inv * (
+                dx_hat
+                - xp.mean(dx_hat, axis=-1, keepdims=True)
+                - x_hat * xp.mean(dx_hat * x_hat, axis=-1, keepdims=True)
+            )
+            return dx, grads
+
+        return y, backward
+
+    def _repr_args(self) -> str:
+        return f"{self.features}, eps={self.eps}"
