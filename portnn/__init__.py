@@ -10,7 +10,10 @@ from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequent
 from .regularization import BatchNorm, Dropout, LayerNorm
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
-from .training import History, evaluate, fit, gradient_check, predict, value_and_grad
+from .training import History, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
+from . import callbacks, metrics, schedules
+from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
+from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
 from .io import load, save
 
 __version__ = "0.1.0"
@@ -19,5 +22,6 @@ __version__ = "0.1.0"
 __all__ = sorted(
     name
     for name, value in globals().items()
-    if not name.startswith("_") and (not isinstance(value, type(functional)) or name == "functional")
+    if not name.startswith("_")
+    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "schedules"})
 )

@@ -455,7 +455,7 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
                 except TypeError as e:
                     raise _Bad(f"{kind} {full!r}: {e}") from None
     try:
-        model.load_parameters(params)
+        model.load_parameters(params, check_finite=False)  # a diverged model still loads
         model.load_buffers(buffers)
     except (KeyError, ValueError) as e:
         raise _Bad(str(e)) from None

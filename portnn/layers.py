@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import functional as F
-from ._checks import as_input, check_finite
+from ._checks import as_input
+from ._checks import check_finite as _check_finite
 from .backend import Backend, _make_backend, get_backend, host_rng
 from .init import get_initializer
 
@@ -165,8 +166,9 @@ class Module:
             if key in owner._grads
         )
 
-    def load_parameters(self, params: Mapping[str, Any]) -> None:
-        """Set parameters from name → array-like (any library), checking names and shapes.
+    def load_parameters(self, params: Mapping[str, Any], *, check_finite: bool = True) -> None:
+        """Set parameters from name → array-like (any library), checking names and shapes
+        (and, unless ``check_finite=False``, rejecting NaN and infinity).
 
         Nothing changes unless every entry is valid.
         """
@@ -183,8 +185,8 @@ class Module:
                 raise ValueError(
                     f"parameter {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}"
                 )
-            if owner._backend.xp.isdtype(arr.dtype, "real floating"):
-                check_finite(f"parameter {full!r}", arr, owner._backend.xp)
+            if check_finite and owner._backend.xp.isdtype(arr.dtype, "real floating"):
+                _check_finite(f"parameter {full!r}", arr, owner._backend.xp)
             new[full] = arr
         for full, arr in new.items():
             owner, key = slots[full]
@@ -209,10 +211,7 @@ class Module:
             module._backend = target
             cast = None if dtype is None else target.dtype(dtype)
             module._params = {k: target.asarray(v, cast) for k, v in module._params.items()}
-            module._buffers = {
-                k: target.asarray(v, cast if _is_float(target, v) else None)
-                for k, v in module._buffers.items()
-            }
+            module._buffers = {k: _move_buffer(target, v, cast) for k, v in module._buffers.items()}
             module._grads = {}
             module._backward = None
         if state is not None:
@@ -332,8 +331,12 @@ class Module:
         return ""
 
 
-def _is_float(backend: Backend, a: Any) -> bool:
-    return bool(backend.xp.isdtype(a.dtype, "real floating")) if hasattr(a, "dtype") else False
+def _move_buffer(target: Backend, value: Any, cast: Any) -> Any:
+    """A buffer on ``target``; floating buffers take the cast, integer counters do not."""
+    arr = target.asarray(value)
+    if cast is not None and target.xp.isdtype(arr.dtype, "real floating"):
+        arr = target.xp.astype(arr, cast)
+    return arr
 
 
 def _copy_array(a: Any, backend: Backend) -> Any:

@@ -145,7 +145,7 @@ class SGD(Optimizer):
 
     def __init__(
         self,
-        lr: float = 0.01,
+        lr: float = 0.001,
         momentum: float = 0.0,
         nesterov: bool = False,
         weight_decay: float = 0.0,

@@ -449,3 +449,15 @@ def test_missing_safetensors_names_the_extra(tmp_path, monkeypatch):
 def test_load_is_exposed_as_module_function():
     assert pn.load is pn.io.load and pn.save is pn.io.save
     assert pathlib.Path(inspect.getsourcefile(pn.load)).name == "io.py"
+
+
+def test_a_diverged_model_still_loads(tmp_path):
+    model = pn.Sequential(pn.Dense(2, 2, seed=0))
+    params = {k: pn.to_numpy(v).copy() for k, v in model.parameters().items()}
+    params["0.weight"][0, 0] = np.nan
+    model.load_parameters(params, check_finite=False)
+    model.save(tmp_path / "nan.safetensors")
+    loaded = pn.load(tmp_path / "nan.safetensors")
+    assert np.isnan(pn.to_numpy(loaded.parameters()["0.weight"])[0, 0])
+    with pytest.raises(ValueError, match="NaN"):
+        loaded.load_parameters(params)

@@ -92,8 +92,6 @@ def test_defaults_match_torch():
     torch = pytest.importorskip("torch")
     p = [torch.nn.Parameter(torch.zeros(1))]
     for name, torch_name in TORCH_NAMES.items():
-        if name == "SGD":  # portnn's SGD defaults to lr=0.01 (torch: 1e-3)
-            continue
         ours = getattr(pn, name)().config()
         theirs = getattr(torch.optim, torch_name)(p).defaults
         for key, value in ours.items():

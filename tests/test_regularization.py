@@ -265,13 +265,7 @@ def test_fit_trains_and_predict_infers(rng):
     model.eval()
 
 
-def test_to_numpy_moves_and_casts_buffers_and_copy_is_independent(rng, backend, request):
-    if backend != "numpy":
-        # Module.to tests a buffer's dtype with the *target* namespace before converting it
-        # (layers._is_float); NumPy rejects torch and array_api_strict dtypes there
-        request.applymarker(
-            pytest.mark.xfail(raises=(TypeError, UserWarning), reason="Module.to: buffer dtype check in layers.py")
-        )
+def test_to_numpy_moves_and_casts_buffers_and_copy_is_independent(rng, backend):
     model = pn.Sequential(pn.Dense(3, 4, seed=0), pn.BatchNorm(4))
     model.train()(rng.normal(size=(6, 3)))
     model.eval()
