@@ -96,6 +96,15 @@ def check_not_empty(name: str, shape: tuple[int, ...]) -> None:
         raise ValueError(f"{name} is empty (shape {tuple(shape)})")
 
 
+def check_features(layer_name: str, expected: int, x: Any) -> None:
+    """A layer's input must have ``expected`` features (its last axis)."""
+    if x.shape[-1] != expected:
+        raise ValueError(
+            f"{layer_name} expects {expected} input features, got "
+            f"{x.shape[-1]} (input shape {tuple(x.shape)})"
+        )
+
+
 def check_finite(name: str, x: Any, xp: Any) -> None:
     """Reject NaN and infinity (one reduction and one host read)."""
     if xp.isdtype(x.dtype, "real floating") and not bool(xp.all(xp.isfinite(x))):

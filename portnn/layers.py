@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import functional as F
-from ._checks import as_input
+from ._checks import as_input, check_features
 from ._checks import check_finite as _check_finite
 from .backend import Backend, _make_backend, get_backend, host_rng
 from .init import get_initializer
@@ -450,11 +450,7 @@ class Dense(Module):
         return self._params.get("bias")
 
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
-        if x.shape[-1] != self.in_features:
-            raise ValueError(
-                f"{self.name} expects {self.in_features} input features, got "
-                f"{x.shape[-1]} (input shape {tuple(x.shape)})"
-            )
+        check_features(self.name, self.in_features, x)
         w = self._params["weight"]
         b = self._params.get("bias")
         y = x @ w

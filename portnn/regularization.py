@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import count, positive_number
+from ._checks import check_features, count, positive_number
 from .backend import Backend, dtype_name
 from .layers import Backward, Module
 
@@ -52,14 +52,6 @@ def _filled(backend: Backend, value: float, features: int, dtype: Any) -> Any:
     if not xp.isdtype(dt, "real floating"):
         raise TypeError(f"dtype must be a floating dtype, got {dtype_name(dt)!r}")
     return xp.full((features,), value, dtype=dt, device=backend.device)
-
-
-def _check_features(layer: Module, features: int, x: Any) -> None:
-    if x.shape[-1] != features:
-        raise ValueError(
-            f"{layer.name} expects {features} input features, got "
-            f"{x.shape[-1]} (input shape {tuple(x.shape)})"
-        )
 
 
 # ---------------------------------------------------------------- Dropout
@@ -173,7 +165,7 @@ class BatchNorm(Module):
             raise ValueError(
                 f"{self.name} expects 2-D input (samples, features), got shape {tuple(x.shape)}"
             )
-        _check_features(self, self.features, x)
+        check_features(self.name, self.features, x)
         w = self._params["weight"]
         b = self._params["bias"]
         n = x.shape[0]
@@ -266,7 +258,7 @@ class LayerNorm(Module):
 
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
-        _check_features(self, self.features, x)
+        check_features(self.name, self.features, x)
         w = self._params["weight"]
         b = self._params["bias"]
         mean = xp.mean(x, axis=-1, keepdims=True)
