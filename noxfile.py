@@ -51,3 +51,10 @@ def docs(session: nox.Session) -> None:
     """Build the documentation with warnings as errors."""
     session.install("-e", ".[docs]")
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """CPU benchmarks against scikit-learn and PyTorch (ratios in one run; not tests)."""
+    session.install("-e", ".[all]", TORCH_CPU)
+    session.run("python", "bench/cpu.py", *session.posargs)
