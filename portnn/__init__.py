@@ -10,7 +10,7 @@ from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequent
 from .regularization import BatchNorm, Dropout, LayerNorm
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
-from .training import History, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
+from .training import History, TrainingDivergedError, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
 from . import callbacks, metrics, schedules
 from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR

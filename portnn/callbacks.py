@@ -7,6 +7,7 @@ ends training after the current epoch.
 
 from __future__ import annotations
 
+import collections
 import csv
 import json
 import math
@@ -42,6 +43,9 @@ class Callback:
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None: ...
 
     def on_train_end(self, logs: dict[str, float]) -> None: ...
+
+    def on_interrupt(self, logs: dict[str, float]) -> None:
+        """Ctrl-C or SIGTERM stopped training; the model is at the last completed step."""
 
 
 def _mode(monitor: str, mode: str) -> str:
@@ -160,7 +164,16 @@ class ModelCheckpoint(_Monitor):
             if not self._improved(value):
                 return
             self.best = value
-        self.last_path = self.path.format(epoch=epoch + 1, **logs)
+        self._save(epoch + 1, logs)
+
+    def on_interrupt(self, logs: dict[str, float]) -> None:
+        """Write a final checkpoint of the model as it stands (whatever ``save_best_only`` says)."""
+        self._save(len(self.model.history.epoch), logs)
+
+    def _save(self, epoch: int, logs: dict[str, float]) -> None:
+        fields = collections.defaultdict(lambda: math.nan, logs)
+        fields["epoch"] = epoch
+        self.last_path = self.path.format_map(fields)
         self.model.save(self.last_path)
 
 

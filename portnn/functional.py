@@ -205,9 +205,13 @@ def binary_cross_entropy(prob: Any, target: Any, *, xp: Any = None) -> Any:
     of exactly 0 or 1 gives a large finite loss instead of infinity.
     """
     xp = _ns(prob, xp)
-    log_p = xp.maximum(xp.log(prob), -100.0)
-    log_q = xp.maximum(xp.log(1.0 - prob), -100.0)
-    return -xp.mean(target * log_p + (1.0 - target) * log_q)
+    return -xp.mean(target * _clamped_log(prob, xp) + (1.0 - target) * _clamped_log(1.0 - prob, xp))
+
+
+def _clamped_log(p: Any, xp: Any) -> Any:
+    """``max(log(p), -100)``, without evaluating ``log(0)`` (no divide-by-zero warning)."""
+    safe = xp.where(p > 0, p, 1.0)
+    return xp.where(p > 0, xp.maximum(xp.log(safe), -100.0), -100.0)
 
 
 def binary_cross_entropy_with_logits(logits: Any, target: Any, *, xp: Any = None) -> Any:

@@ -23,10 +23,12 @@ from .layers import Module, Sigmoid, Softmax
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer
+from ._signals import deferred_signals, redeliver
 from .progress import Progress
 
 __all__ = [
     "History",
+    "TrainingDivergedError",
     "evaluate",
     "fit",
     "gradient_check",
@@ -35,6 +37,19 @@ __all__ = [
     "predict_proba",
     "value_and_grad",
 ]
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training step produced a non-finite loss or gradient; the model is at the last finite step."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step}: the loss or a gradient is not "
+            f"finite (loss {loss}); the model keeps the parameters of the last finite step and "
+            "model.history the completed epochs. Lower the learning rate, clip gradients "
+            "(clip_norm=...), or pass on_nonfinite='skip_batch'"
+        )
 
 
 class History:
@@ -208,6 +223,7 @@ def fit(
     callbacks: Sequence[Callback] | None = None,
     initial_epoch: int = 0,
     check_finite: bool = True,
+    on_nonfinite: str | None = "raise",
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
@@ -221,6 +237,15 @@ def fit(
     adds ``val_`` entries to the history. ``verbose``: ``"auto"``/``1`` a
     progress bar on a terminal (a line per epoch otherwise), ``2`` a line per
     epoch, ``0`` silent. Every argument is checked before the model changes.
+
+    A step whose loss or gradient is NaN or infinite is never applied: with
+    ``on_nonfinite="raise"`` (default) ``fit`` raises :class:`TrainingDivergedError`
+    with the model at its last finite step and ``model.history`` holding the
+    completed epochs; ``"skip_batch"`` skips such batches and goes on; ``None``
+    turns the check (one host read per step) off. Ctrl-C or SIGTERM stops
+    training at the end of the current step; callbacks get ``on_interrupt``
+    (a :class:`ModelCheckpoint` writes a final checkpoint), then the signal is
+    handed back (Ctrl-C raises ``KeyboardInterrupt``).
     Returns a :class:`History`.
     """
     if not isinstance(model, Module):
@@ -242,6 +267,8 @@ def fit(
         raise ValueError("pass validation_data or validation_split, not both")
     metric_objs = _metrics(metrics)
     callback_objs = _callbacks(callbacks)
+    if on_nonfinite not in ("raise", "skip_batch", None):
+        raise ValueError(f"on_nonfinite must be 'raise', 'skip_batch' or None, got {on_nonfinite!r}")
     if not model.parameters():
         raise ValueError("model has no parameters to train")
 
@@ -286,50 +313,81 @@ def fit(
         cb.set_model(model)
     was_training = model.training
     logs: dict[str, Any] = {}
+    check = on_nonfinite is not None
+    has_buffers = bool(model.buffers())
     model.train()
-    try:
-        for cb in callback_objs:
-            cb.on_train_begin(logs)
-        for epoch in range(initial_epoch, epochs):
+    with deferred_signals() as interrupt:
+        try:
             for cb in callback_objs:
-                cb.on_epoch_begin(epoch, logs)
-            for m in metric_objs:
-                m.reset()
-            progress.start_epoch(epoch)
-            order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
-            total: Any = 0.0
-            seen = 0
-            for xb, yb, nb in batcher.batches(order, batch_size):
-                value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
-                params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
-                model._assign(params, slots)
-                total = total + value * nb
-                seen += nb
-                if metric_objs:
-                    batch = Batch(pred, yb, xp, logits)
-                    for m in metric_objs:
-                        m.update(batch)
-                progress.advance(nb, lambda: {"loss": float(total) / seen})
-            logs = {"loss": float(total) / n}
-            logs.update(_results(metric_objs))
-            if validation is not None:
-                model.train(False)
-                val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
-                model.train(True)
-                logs.update({f"val_{k}": v for k, v in val.items()})
-            logs["lr"] = float(opt.lr)
-            seconds = progress.end_epoch(epoch, logs)
-            history.record(epoch, seconds, **{k: v for k, v in logs.items() if isinstance(v, float)})
+                cb.on_train_begin(logs)
+            for epoch in range(initial_epoch, epochs):
+                for cb in callback_objs:
+                    cb.on_epoch_begin(epoch, logs)
+                for m in metric_objs:
+                    m.reset()
+                progress.start_epoch(epoch)
+                order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
+                total: Any = 0.0
+                seen = skipped = 0
+                for step, (xb, yb, nb) in enumerate(batcher.batches(order, batch_size)):
+                    buffers = model.buffers() if has_buffers and check else None
+                    value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
+                    if check and not _all_finite(value, grads, xp):
+                        if buffers:
+                            model.load_buffers(buffers)  # undo this batch's running statistics
+                        if on_nonfinite == "raise":
+                            raise TrainingDivergedError(epoch, step, float(value))
+                        skipped += 1
+                    else:
+                        params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
+                        model._assign(params, slots)
+                        total = total + value * nb
+                        seen += nb
+                        if metric_objs:
+                            batch = Batch(pred, yb, xp, logits)
+                            for m in metric_objs:
+                                m.update(batch)
+                    if interrupt.received:
+                        break
+                    progress.advance(nb, lambda: {"loss": float(total) / max(seen, 1)})
+                if interrupt.received:
+                    break
+                logs = {"loss": float(total) / seen if seen else math.nan}
+                logs.update(_results(metric_objs) if seen else {})
+                if validation is not None:
+                    model.train(False)
+                    val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
+                    model.train(True)
+                    logs.update({f"val_{k}": v for k, v in val.items()})
+                logs["lr"] = float(opt.lr)
+                if skipped:
+                    logs["skipped_batches"] = float(skipped)
+                seconds = progress.end_epoch(epoch, logs)
+                history.record(epoch, seconds, **{k: v for k, v in logs.items() if isinstance(v, float)})
+                for cb in callback_objs:
+                    cb.on_epoch_end(epoch, logs)
+                if model.stop_training:
+                    break
+        finally:
+            progress.close()
+            model.train(was_training)
+        if interrupt.received:
             for cb in callback_objs:
-                cb.on_epoch_end(epoch, logs)
-            if model.stop_training:
-                break
-    finally:
-        progress.close()
-        model.train(was_training)
+                cb.on_interrupt(logs)
+    if interrupt.received:
+        redeliver(interrupt.received)  # the model is at the last completed step
+        return history  # reached only if the previous handler does not raise or exit
     for cb in callback_objs:
         cb.on_train_end(logs)
     return history
+
+
+def _all_finite(value: Any, grads: dict[str, Any], xp: Any) -> bool:
+    """Whether the loss and every gradient are finite (one host read per step)."""
+    probe = value
+    for g in grads.values():
+        probe = probe + xp.sum(g)  # NaN/inf anywhere makes the sum non-finite
+    return math.isfinite(float(probe))
 
 
 def _results(metric_objs: list[Metric]) -> dict[str, Any]:
