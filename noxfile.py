@@ -22,7 +22,7 @@ TORCH_CPU = "torch==2.13.0"
 
 BACKEND_REQUIREMENTS = {
     "numpy": [TORCH_CPU],  # torch is the reference in equality tests
-    "array_api_strict": [],
+    "array_api_strict": [TORCH_CPU],
     "torch": [TORCH_CPU],
     "cupy": ["cupy-cuda13x"],
 }
