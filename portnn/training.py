@@ -360,7 +360,7 @@ def fit(
                     model.train(True)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 logs["lr"] = float(opt.lr)
-                if skipped:
+                if on_nonfinite == "skip_batch":
                     logs["skipped_batches"] = float(skipped)
                 seconds = progress.end_epoch(epoch, logs)
                 history.record(epoch, seconds, **{k: v for k, v in logs.items() if isinstance(v, float)})
