@@ -18,7 +18,7 @@ from typing import Any
 from . import functional as F
 from ._checks import as_input, check_features
 from ._checks import check_finite as _check_finite
-from .backend import Backend, _make_backend, get_backend, host_rng
+from .backend import Backend, _library_name, _make_backend, get_backend, host_rng
 from .init import get_initializer
 
 __all__ = [
@@ -257,7 +257,9 @@ class Module:
         raise NotImplementedError
 
     def _input(self, x: Any) -> tuple[Any, bool]:
-        x = as_input(self._backend, "x", x, self.compute_dtype())
+        dtype = self.compute_dtype()
+        if not _ready(self._backend, x, dtype):
+            x = as_input(self._backend, "x", x, dtype)
         if x.ndim == 1:
             return x[None, :], True
         return x, False
@@ -329,6 +331,21 @@ class Module:
 
     def _repr_args(self) -> str:
         return ""
+
+
+def _ready(backend: Backend, x: Any, dtype: Any) -> bool:
+    """Whether ``x`` is already a usable input: the backend's array, dtype, 1-D/2-D, not empty.
+
+    The common case of calling a model on its own arrays skips the full checks.
+    """
+    return (
+        dtype is not None
+        and _library_name(x) == backend
+        and x.dtype == dtype
+        and 1 <= x.ndim <= 2
+        and all(x.shape)
+        and (backend.device is None or x.device == backend.device)
+    )
 
 
 def _move_buffer(target: Backend, value: Any, cast: Any) -> Any:
