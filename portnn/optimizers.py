@@ -312,9 +312,14 @@ class Adam(Optimizer):
         v = slots["exp_avg_sq"] = _ema(slots["exp_avg_sq"], g * g, beta2)
         if self.amsgrad:
             v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-        denom = xp.sqrt(v) / (1 - beta2**step) ** 0.5
+        # the same arithmetic as torch, with the fewest temporaries: each in-place
+        # operator reuses the array it was given (and rebinds on immutable backends)
+        denom = xp.sqrt(v)
+        denom /= (1 - beta2**step) ** 0.5
         denom += self.eps
-        p -= self.lr / (1 - beta1**step) * (m / denom)
+        update = m / denom
+        update *= self.lr / (1 - beta1**step)
+        p -= update
         return p, slots
 
 
