@@ -84,9 +84,15 @@ def device_dtype_kind(xp: Any, dtype: Any) -> str:
     return "c"
 
 
-def check_ndim(name: str, shape: tuple[int, ...], allowed: tuple[int, ...]) -> None:
+_INPUT_NDIM = {1: "1-D (one sample)", 2: "2-D (samples, features)"}
+
+
+def check_ndim(
+    name: str, shape: tuple[int, ...], allowed: tuple[int, ...], what: Mapping[int, str] | None = None
+) -> None:
+    """``len(shape)`` must be in ``allowed``; ``what`` describes each allowed rank in the message."""
     if len(shape) not in allowed:
-        what = {1: "1-D (one sample)", 2: "2-D (samples, features)"}
+        what = _INPUT_NDIM if what is None else what
         expected = " or ".join(what.get(n, f"{n}-D") for n in allowed)
         raise ValueError(f"{name} must be {expected}; got {len(shape)}-D with shape {tuple(shape)}")
 
@@ -121,8 +127,11 @@ def as_input(
     *,
     ndims: tuple[int, ...] = (1, 2),
     finite: bool = False,
+    what: Mapping[int, str] | None = None,
 ) -> Any:
-    """Validate ``x`` and return it on ``backend`` in ``dtype`` (None: keep its float dtype)."""
+    """Validate ``x`` and return it on ``backend`` in ``dtype`` (None: keep its float dtype;
+    integers and float16 become float32). ``what`` describes the allowed ranks (see
+    :func:`check_ndim`)."""
     xp = backend.xp
     if is_device_array(x):
         check_dtype(name, device_dtype_kind(_ns(x), x.dtype), x.dtype)
@@ -130,7 +139,7 @@ def as_input(
     else:
         x = host_array(name, x)
         shape = x.shape
-    check_ndim(name, shape, ndims)
+    check_ndim(name, shape, ndims, what)
     check_not_empty(name, shape)
     arr = backend.asarray(x)
     if dtype is None and not xp.isdtype(arr.dtype, "real floating"):

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import difflib
 import importlib
 import importlib.util
+import numbers
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -139,9 +141,9 @@ def available_backends() -> tuple[str, ...]:
 
 def _namespace(name: str) -> Any:
     if name not in _KNOWN:
-        raise BackendError(
-            f"unknown backend {name!r}; known backends: {', '.join(_KNOWN)}"
-        )
+        close = difflib.get_close_matches(name.lower(), list(_KNOWN), n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise BackendError(f"unknown backend {name!r}; {hint}known backends: {', '.join(_KNOWN)}")
     if not _installed(name):
         raise BackendError(
             f"backend {name!r} is not installed; install {_KNOWN[name][1]}"
@@ -303,6 +305,9 @@ def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
         host = np.array(host)  # read-only memory (memmaps): libraries that wrap it may write
     if dtype is None and host.dtype == np.float64 and not _has_float64(backend):
         dtype = xp.float32
+    if host.dtype == np.float16 and not _has_dtype(backend, "float16"):
+        # a library without float16 (array_api_strict) cannot even receive it: widen on the host
+        host = host.astype(np.float32 if dtype is None else np.dtype(dtype_name(dtype)))
     if backend.device is None:
         arr = xp.asarray(host)
     else:
@@ -322,9 +327,13 @@ def _may_share(arr: Any, source: Any) -> bool:
 
 
 def _has_float64(backend: Backend) -> bool:
+    return _has_dtype(backend, "float64")
+
+
+def _has_dtype(backend: Backend, name: str) -> bool:
     try:
         info = backend.xp.__array_namespace_info__()
-        return "float64" in info.dtypes(device=backend.device)
+        return name in info.dtypes(device=backend.device)
     except Exception:
         return True
 
@@ -333,7 +342,21 @@ def host_rng(seed: int | None) -> np.random.Generator:
     """The host generator initial weights and shuffles are drawn from.
 
     Drawing on the host and converting once makes the same seed give the same
-    numbers on every backend.
+    numbers on every backend. ``seed`` is None, an integer >= 0, a sequence of
+    them, or a NumPy ``SeedSequence``/``BitGenerator``/``Generator``.
     """
-    return np.random.default_rng(seed)
+    return np.random.default_rng(_check_seed(seed))
+
+
+def _check_seed(seed: Any) -> Any:
+    """``seed`` unchanged, or a TypeError/ValueError that names it."""
+    if seed is None or isinstance(seed, np.random.SeedSequence | np.random.BitGenerator | np.random.Generator):
+        return seed
+    values = list(seed) if isinstance(seed, list | tuple) else [seed]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"seed must be None or an integer >= 0, got {seed!r}")
+        if int(value) < 0:
+            raise ValueError(f"seed must be None or an integer >= 0, got {seed!r}")
+    return seed
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import collections
 import csv
+import errno
 import json
 import math
+import numbers
 import os
 from collections.abc import Callable
 from typing import Any
 
+from ._checks import count
 from .backend import to_numpy
 
 __all__ = [
@@ -48,6 +51,22 @@ class Callback:
         """Ctrl-C or SIGTERM stopped training; the model is at the last completed step."""
 
 
+def _path(name: str, value: Any) -> str:
+    """``value`` as a file name (str or os.PathLike), or a TypeError naming the argument."""
+    if isinstance(value, bytes):
+        return os.fsdecode(value)
+    try:
+        return os.fspath(value)
+    except TypeError:
+        raise TypeError(f"{name} must be a file name (str or os.PathLike), got {type(value).__name__}") from None
+
+
+def _hook(name: str, value: Any) -> Any:
+    if value is not None and not callable(value):
+        raise TypeError(f"{name} must be callable (or None), got {type(value).__name__}")
+    return value
+
+
 def _mode(monitor: str, mode: str) -> str:
     if mode not in ("auto", "min", "max"):
         raise ValueError(f"mode must be 'auto', 'min' or 'max', got {mode!r}")
@@ -61,6 +80,12 @@ class _Monitor(Callback):
     """Tracks the best value of one logged quantity."""
 
     def __init__(self, monitor: str, mode: str, min_delta: float = 0.0) -> None:
+        if not isinstance(monitor, str):
+            raise TypeError(f"monitor must be the name of a logged value, got {type(monitor).__name__}")
+        if isinstance(min_delta, bool) or not isinstance(min_delta, numbers.Real):
+            raise TypeError(f"min_delta must be a number, got {type(min_delta).__name__}")
+        if not math.isfinite(min_delta):
+            raise ValueError(f"min_delta must be a finite number, got {min_delta!r}")
         self.monitor = monitor
         self.mode = _mode(monitor, mode)
         self.min_delta = abs(float(min_delta))
@@ -112,7 +137,7 @@ class EarlyStopping(_Monitor):
         restore_best_weights: bool = False,
     ) -> None:
         super().__init__(monitor, mode, min_delta)
-        self.patience = int(patience)
+        self.patience = count("patience", patience, minimum=0)
         self.restore_best_weights = bool(restore_best_weights)
 
     def on_train_begin(self, logs: dict[str, float]) -> None:
@@ -154,9 +179,32 @@ class ModelCheckpoint(_Monitor):
         mode: str = "auto",
     ) -> None:
         super().__init__(monitor, mode)
-        self.path = os.fspath(path)
+        self.path = _path("path", path)
         self.save_best_only = bool(save_best_only)
         self.last_path: str | None = None
+        self._file_name(1, {})  # a bad template fails here, not after an epoch of training
+
+    def on_train_begin(self, logs: dict[str, float]) -> None:
+        """Check that the checkpoint's folder exists before the first training step
+        (unless the folder itself is a template, such as ``"run-{epoch}/model.safetensors"``)."""
+        if "{" in os.path.dirname(self.path):
+            return
+        directory = os.path.dirname(os.path.abspath(self.path))
+        if not os.path.isdir(directory):
+            raise FileNotFoundError(
+                errno.ENOENT, f"ModelCheckpoint cannot save {self.path!r}: no such directory", directory
+            )
+
+    def _file_name(self, epoch: int, logs: dict[str, float]) -> str:
+        fields = collections.defaultdict(lambda: math.nan, logs)
+        fields["epoch"] = epoch
+        try:
+            return self.path.format_map(fields)
+        except (AttributeError, IndexError, KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"ModelCheckpoint path {self.path!r} is not a valid template ({e}); it may hold "
+                "{epoch} (an int) and logged values such as {val_loss:.4f} (floats)"
+            ) from None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.save_best_only:
@@ -171,9 +219,7 @@ class ModelCheckpoint(_Monitor):
         self._save(len(self.model.history.epoch), logs)
 
     def _save(self, epoch: int, logs: dict[str, float]) -> None:
-        fields = collections.defaultdict(lambda: math.nan, logs)
-        fields["epoch"] = epoch
-        self.last_path = self.path.format_map(fields)
+        self.last_path = self._file_name(epoch, logs)
         self.model.save(self.last_path)
 
 
@@ -181,6 +227,8 @@ class LearningRateScheduler(Callback):
     """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``."""
 
     def __init__(self, schedule: Callable[[int, float], float]) -> None:
+        if not callable(schedule):
+            raise TypeError(f"schedule must be callable as schedule(epoch, lr), got {type(schedule).__name__}")
         self.schedule = schedule
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
@@ -194,7 +242,7 @@ class CSVLogger(Callback):
     """Append one row per epoch (``epoch`` and every logged value) to a CSV file."""
 
     def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
-        self.path = os.fspath(path)
+        self.path = _path("path", path)
         self.append = bool(append)
 
     def on_train_begin(self, logs: dict[str, float]) -> None:
@@ -217,7 +265,7 @@ class JSONLogger(Callback):
     """Append one JSON object per epoch (JSON Lines) to a file."""
 
     def __init__(self, path: str | os.PathLike, append: bool = False) -> None:
-        self.path = os.fspath(path)
+        self.path = _path("path", path)
         self.append = bool(append)
 
     def on_train_begin(self, logs: dict[str, float]) -> None:
@@ -246,10 +294,10 @@ class LambdaCallback(Callback):
         on_train_end: Callable[[dict], None] | None = None,
     ) -> None:
         self._hooks = {
-            "on_train_begin": on_train_begin,
-            "on_epoch_begin": on_epoch_begin,
-            "on_epoch_end": on_epoch_end,
-            "on_train_end": on_train_end,
+            "on_train_begin": _hook("on_train_begin", on_train_begin),
+            "on_epoch_begin": _hook("on_epoch_begin", on_epoch_begin),
+            "on_epoch_end": _hook("on_epoch_end", on_epoch_end),
+            "on_train_end": _hook("on_train_end", on_train_end),
         }
 
     def on_train_begin(self, logs: dict[str, float]) -> None:

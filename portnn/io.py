@@ -138,6 +138,15 @@ def _architecture(module: Module) -> dict[str, Any]:
     return {"class": name, "config": config}
 
 
+def _file_name(path: Any) -> str:
+    """``path`` (str, bytes or os.PathLike) as a str, or a TypeError naming the argument."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a file name (str or os.PathLike), got {type(path).__name__}") from None
+    return os.fsdecode(path) if isinstance(path, bytes) else path
+
+
 def _host(x: Any) -> np.ndarray:
     return np.ascontiguousarray(to_numpy(x))
 
@@ -170,9 +179,7 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
 
     if not isinstance(model, Module):
         raise TypeError(f"save() takes a portnn Module, got {type(model).__name__}")
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _file_name(path)
     st = _safetensors()
 
     tensors: dict[str, np.ndarray] = {}
@@ -307,9 +314,7 @@ def load(
         fit the architecture.
     :raises ImportError: if safetensors is not installed.
     """
-    path = os.fspath(path)
-    if isinstance(path, bytes):
-        path = os.fsdecode(path)
+    path = _file_name(path)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "no such model file", path)
     if os.path.isdir(path):

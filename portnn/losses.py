@@ -7,12 +7,13 @@ loss object or a name ("mse", "binary_cross_entropy", "cross_entropy").
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 
 from . import functional as F
-from ._checks import host_array, lookup
+from ._checks import as_input, host_array, lookup
 from .backend import backend_of, get_backend
 
 __all__ = ["BinaryCrossEntropy", "CrossEntropy", "Loss", "MSELoss", "get_loss"]
@@ -24,18 +25,35 @@ class Loss:
     name = "loss"
 
     def __call__(self, pred: Any, target: Any) -> Any:
+        """The mean loss of ``pred`` (1-D or 2-D numbers) against ``target``, as a 0-d array.
+
+        Computed on the backend ``pred`` lives on (host data: the current backend).
+        Raises ValueError/TypeError naming ``pred`` or ``target`` for input that
+        does not fit, before computing anything.
+        """
         backend = backend_of(pred) or get_backend()
-        pred = backend.asarray(pred)
+        pred = as_input(backend, "pred", pred, None, what=self._pred_ndim)
         n_out = pred.shape[-1] if pred.ndim > 1 else 1
         if pred.ndim == 1:
+            if not self._column_target and _ndim(target) == 0:
+                target = host_array("target", target)[None]  # one sample's row and its label
             pred = pred[:, None] if self._column_target else pred[None, :]
-        target = self.prepare_target(target, n_out, n_samples=pred.shape[0])
+        self._check_pred(pred, backend.xp)
+        try:
+            target = self.prepare_target(target, n_out, n_samples=pred.shape[0])
+        except (TypeError, ValueError) as e:
+            message = str(e)
+            raise type(e)("target " + message[2:] if message.startswith("y ") else message) from None
         target = backend.asarray(target, self.target_dtype(backend, pred.dtype, target))
         value, _ = self.value_and_grad(pred, target, backend.xp)
         return value
 
+    def _check_pred(self, pred: Any, xp: Any) -> None:
+        """Loss-specific checks of ``pred`` (values), for direct calls only (one host read)."""
+
     # a 1-D prediction is one column of outputs (True) or one sample's row (False)
     _column_target = True
+    _pred_ndim = {1: "1-D (one output per sample)", 2: "2-D (samples, outputs)"}
 
     def target_dtype(self, backend: Any, pred_dtype: Any, target: np.ndarray) -> Any:
         """The backend dtype a prepared host target is converted to."""
@@ -114,10 +132,14 @@ class BinaryCrossEntropy(Loss):
         if self.from_logits:
             value = F.binary_cross_entropy_with_logits(pred, target, xp=xp)
             return value, (F.sigmoid(pred, xp=xp) - target) / n
-        value = F.binary_cross_entropy(pred, target, xp=xp)
+        value = _nan_unless_probabilities(F.binary_cross_entropy(pred, target, xp=xp), pred, xp)
         # PyTorch's BCELoss gradient, with the same floor on p(1-p)
         denom = xp.maximum((1.0 - pred) * pred, 1e-12)
         return value, (pred - target) / denom / n
+
+    def _check_pred(self, pred: Any, xp: Any) -> None:
+        if not self.from_logits:
+            _check_probabilities(pred, xp, "binary cross-entropy", "BinaryCrossEntropy", "Sigmoid")
 
     def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
         y = _regression_target(y, n_outputs, n_samples)
@@ -140,6 +162,7 @@ class CrossEntropy(Loss):
 
     name = "cross_entropy"
     _column_target = False
+    _pred_ndim = {1: "1-D (one sample's scores)", 2: "2-D (samples, classes)"}
 
     def __init__(self, from_logits: bool = True) -> None:
         self.from_logits = bool(from_logits)
@@ -164,8 +187,12 @@ class CrossEntropy(Loss):
             return value, (xp.exp(log_p) * mass - target) / n
         tiny = float(np.finfo(np.dtype(str(_dtype_name(pred.dtype)))).tiny)
         p = xp.maximum(pred, tiny)
-        value = -xp.sum(target * xp.log(p)) / n
+        value = _nan_unless_probabilities(-xp.sum(target * xp.log(p)) / n, pred, xp)
         return value, -target / p / n
+
+    def _check_pred(self, pred: Any, xp: Any) -> None:
+        if not self.from_logits:
+            _check_probabilities(pred, xp, "cross-entropy", "CrossEntropy", "Softmax")
 
     def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
         y = host_array("y", y)
@@ -200,6 +227,37 @@ class CrossEntropy(Loss):
         raise ValueError(
             f"y for cross-entropy must be 1-D class indices or 2-D probability rows; got {y.ndim}-D"
         )
+
+
+def _check_probabilities(pred: Any, xp: Any, what: str, cls: str, layer: str) -> None:
+    low, high = float(xp.min(pred)), float(xp.max(pred))
+    if not (0.0 <= low and high <= 1.0):  # NaN fails too
+        raise ValueError(
+            f"pred for {what} with from_logits=False must be probabilities in [0, 1]; found "
+            f"values in [{low}, {high}]. End the model with {layer}, or pass raw scores "
+            f"with {cls}(from_logits=True)"
+        )
+
+
+def _nan_unless_probabilities(value: Any, pred: Any, xp: Any) -> Any:
+    """``value``, or NaN where ``pred`` has entries outside [0, 1] (no host read).
+
+    A model without a final Sigmoid/Softmax trained with a probability loss then
+    stops with a non-finite loss instead of training on a meaningless one.
+    """
+    inside = xp.all((pred >= 0.0) & (pred <= 1.0))
+    return xp.where(inside, value, xp.asarray(math.nan, dtype=value.dtype, device=_device(value)))
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def _ndim(x: Any) -> int:
+    shape = getattr(x, "shape", None)
+    return np.ndim(x) if shape is None else len(shape)
 
 
 def _namespace(x: Any) -> Any:

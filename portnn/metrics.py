@@ -50,6 +50,12 @@ class Metric:
         previous = self._sums.get(key)
         self._sums[key] = value if previous is None else previous + value
 
+    def _sum(self, key: str) -> Any:
+        """A running sum, or a ValueError when no batch has been seen since ``reset()``."""
+        if key not in self._sums:
+            raise ValueError(f"{self.name}: no batches seen yet; call update(batch) before result()")
+        return self._sums[key]
+
     def update(self, batch: Batch) -> None:
         raise NotImplementedError
 
@@ -117,7 +123,7 @@ class Accuracy(Metric):
         self._add("n", true.shape[0])
 
     def result(self) -> float:
-        return float(self._sums["correct"]) / self._sums["n"]
+        return float(self._sum("correct")) / self._sum("n")
 
 
 class TopKAccuracy(Metric):
@@ -140,7 +146,7 @@ class TopKAccuracy(Metric):
         self._add("n", true.shape[0])
 
     def result(self) -> float:
-        return float(self._sums["correct"]) / self._sums["n"]
+        return float(self._sum("correct")) / self._sum("n")
 
     def __repr__(self) -> str:
         return f"TopKAccuracy(k={self.k})"
@@ -157,7 +163,7 @@ class MSE(Metric):
         self._add("n", int(np.prod(d.shape)))
 
     def result(self) -> float:
-        return float(self._sums["sse"]) / self._sums["n"]
+        return float(self._sum("sse")) / self._sum("n")
 
 
 class MAE(Metric):
@@ -171,7 +177,7 @@ class MAE(Metric):
         self._add("n", int(np.prod(d.shape)))
 
     def result(self) -> float:
-        return float(self._sums["sae"]) / self._sums["n"]
+        return float(self._sum("sae")) / self._sum("n")
 
 
 class R2(Metric):
@@ -189,10 +195,10 @@ class R2(Metric):
         self._add("n", t.shape[0])
 
     def result(self) -> float:
-        n = self._sums["n"]
-        sse = to_numpy(self._sums["sse"]).astype(np.float64)
-        total = to_numpy(self._sums["sum"]).astype(np.float64)
-        sst = to_numpy(self._sums["sum_sq"]).astype(np.float64) - total * total / n
+        n = self._sum("n")
+        sse = to_numpy(self._sum("sse")).astype(np.float64)
+        total = to_numpy(self._sum("sum")).astype(np.float64)
+        sst = to_numpy(self._sum("sum_sq")).astype(np.float64) - total * total / n
         scores = np.where(sst > 0, 1.0 - sse / np.where(sst > 0, sst, 1.0), np.where(sse > 0, 0.0, 1.0))
         return float(np.mean(scores))
 
@@ -213,7 +219,7 @@ class ConfusionMatrix(Metric):
         self._add("counts", counts)
 
     def result(self) -> np.ndarray:
-        return np.rint(to_numpy(self._sums["counts"])).astype(np.int64)
+        return np.rint(to_numpy(self._sum("counts"))).astype(np.int64)
 
 
 class _FromConfusion(ConfusionMatrix):
@@ -279,5 +285,7 @@ def get_metric(metric: str | Metric) -> Metric:
     if isinstance(metric, str):
         key = metric.lower()
         if key.startswith("top_") and key.endswith("_accuracy") and key[4:-9].isdigit():
+            if int(key[4:-9]) < 1:
+                raise ValueError(f"unknown metric {metric!r}: top-k accuracy needs k >= 1")
             return TopKAccuracy(int(key[4:-9]))
     return lookup("metric", metric, METRICS)()
