@@ -8,7 +8,10 @@ A file written by :func:`save` holds
 * one metadata entry, ``"portnn"``, a JSON document with the format version,
   the portnn version, the architecture (class names and constructor
   arguments), the loss and optimizer (class names and configs), the
-  optimizer's step count and each module's extra state.
+  optimizer's step count and each module's extra state;
+* ``"portnn_sha256"``, a SHA-256 over that document and every tensor's name,
+  dtype, shape and bytes, verified on load: a damaged file is an error, never a
+  silently different model.
 
 :func:`load` rebuilds the model from class names looked up in
 :attr:`Module.registry <portnn.layers.Module.registry>` and the loss and
@@ -23,6 +26,7 @@ The array library is imported lazily; without it, :func:`save` and
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import secrets
@@ -43,6 +47,7 @@ __all__ = ["FORMAT_VERSION", "load", "save"]
 FORMAT_VERSION = 1
 
 _META_KEY = "portnn"
+_CHECKSUM_KEY = "portnn_sha256"
 _PARAM = "param/"
 _BUFFER = "buffer/"
 _OPTIM = "optim/"
@@ -228,7 +233,18 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     except (TypeError, ValueError) as e:
         raise TypeError(f"cannot save {path}: the model's extra state is not JSON-serializable ({e})") from None
 
-    _atomic_write(path, lambda: st.numpy.save(tensors, metadata={_META_KEY: text}))
+    metadata = {_META_KEY: text, _CHECKSUM_KEY: _checksum(text, tensors)}
+    _atomic_write(path, lambda: st.numpy.save(tensors, metadata=metadata))
+
+
+def _checksum(meta_text: str, tensors: Mapping[str, np.ndarray]) -> str:
+    """SHA-256 over the metadata and every tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(meta_text.encode())
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def _atomic_write(path: str, produce: Any) -> None:
@@ -322,8 +338,12 @@ def load(
     st = _safetensors()
     try:
         with st.safe_open(path, framework="numpy") as f:
-            meta = _read_metadata(f.metadata())  # before reading any tensor
+            metadata = f.metadata()
+            meta = _read_metadata(metadata)  # before reading any tensor
             tensors = {key: f.get_tensor(key) for key in f.keys()}
+        expected = metadata.get(_CHECKSUM_KEY)
+        if expected != _checksum(metadata[_META_KEY], tensors):
+            raise _Bad("its contents do not match the checksum saved with them (the file is damaged)")
     except st.SafetensorError as e:
         raise ValueError(f"{path} is not a valid safetensors file: {e}") from None
     except _Bad as e:

@@ -94,7 +94,7 @@ def test_file_layout(tmp_path, data):
         *(f"param/{k}" for k in ("0.weight", "0.bias", "2.weight", "2.bias")),
         *(f"optim/{k}/momentum_buffer" for k in ("0.weight", "0.bias", "2.weight", "2.bias")),
     }
-    assert list(metadata) == ["portnn"]
+    assert sorted(metadata) == ["portnn", "portnn_sha256"]
     meta = json.loads(metadata["portnn"])
     assert meta["format_version"] == 1
     assert meta["portnn_version"] == pn.__version__
@@ -344,7 +344,11 @@ def _saved(tmp_path, trained=False):
 
 
 def _rewrite(path, tensors, meta):
-    _write(path, tensors, {"portnn": meta if isinstance(meta, str) else json.dumps(meta)})
+    """A crafted file with a correct checksum: what a hostile author could write."""
+    from portnn.io import _checksum
+
+    text = meta if isinstance(meta, str) else json.dumps(meta)
+    _write(path, tensors, {"portnn": text, "portnn_sha256": _checksum(text, tensors)})
 
 
 def test_unknown_classes_are_rejected_and_nothing_runs(tmp_path, monkeypatch):
@@ -461,3 +465,12 @@ def test_a_diverged_model_still_loads(tmp_path):
     assert np.isnan(pn.to_numpy(loaded.parameters()["0.weight"])[0, 0])
     with pytest.raises(ValueError, match="NaN"):
         loaded.load_parameters(params)
+
+
+def test_a_file_without_its_checksum_is_rejected(tmp_path):
+    model = pn.Sequential(pn.Dense(2, 2, seed=0))
+    model.save(tmp_path / "m.safetensors")
+    tensors, metadata = _read(tmp_path / "m.safetensors")
+    st.save_file(tensors, str(tmp_path / "stripped.safetensors"), metadata={"portnn": metadata["portnn"]})
+    with pytest.raises(ValueError, match="checksum"):
+        pn.load(tmp_path / "stripped.safetensors")
