@@ -50,6 +50,10 @@ class Callback:
     def on_interrupt(self, logs: dict[str, float]) -> None:
         """Ctrl-C or SIGTERM stopped training; the model is at the last completed step."""
 
+    def required_logs(self) -> tuple[str, ...]:
+        """Keys this callback reads from ``logs``; ``fit`` checks them before training."""
+        return ()
+
 
 def _path(name: str, value: Any) -> str:
     """``value`` as a file name (str or os.PathLike), or a TypeError naming the argument."""
@@ -90,6 +94,9 @@ class _Monitor(Callback):
         self.mode = _mode(monitor, mode)
         self.min_delta = abs(float(min_delta))
         self.best = math.inf if self.mode == "min" else -math.inf
+
+    def required_logs(self) -> tuple[str, ...]:
+        return (self.monitor,)
 
     def _current(self, logs: dict[str, float]) -> float:
         if self.monitor not in logs:
@@ -205,6 +212,9 @@ class ModelCheckpoint(_Monitor):
                 f"ModelCheckpoint path {self.path!r} is not a valid template ({e}); it may hold "
                 "{epoch} (an int) and logged values such as {val_loss:.4f} (floats)"
             ) from None
+
+    def required_logs(self) -> tuple[str, ...]:
+        return (self.monitor,) if self.save_best_only else ()
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         if self.save_best_only:

@@ -122,6 +122,9 @@ class BatchNorm(Module):
     :param dtype: dtype name of parameters and running statistics (default ``"float32"``).
     """
 
+    # training needs at least two samples per batch (fit checks its last batch)
+    needs_batch_statistics = True
+
     def __init__(
         self, features: int, momentum: float = 0.1, eps: float = 1e-5, dtype: Any = None
     ) -> None:

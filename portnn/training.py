@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_input, count, host_array
+from ._checks import as_input, count, host_array, positive_number
 from .backend import host_rng, to_numpy
 from .callbacks import Callback
 from .data import Batcher, feature_matrix, take_rows
@@ -160,6 +160,7 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     with the keys of ``model.parameters()``. The gradients are also kept for
     ``model.gradients()``.
     """
+    _check_model(model)
     loss = get_loss(loss)
     backend = model.backend
     dtype = _model_dtype(model)
@@ -178,6 +179,11 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
 # ---------------------------------------------------------------- fit
 
 
+def _check_model(model: Any) -> None:
+    if not isinstance(model, Module):
+        raise TypeError(f"model must be a portnn Module, got {type(model).__name__}")
+
+
 def _metrics(metrics: Sequence[str | Metric] | None) -> list[Metric]:
     if metrics is None:
         return []
@@ -190,7 +196,11 @@ def _metrics(metrics: Sequence[str | Metric] | None) -> list[Metric]:
     return found
 
 
-def _callbacks(callbacks: Sequence[Callback] | None) -> list[Callback]:
+def _callbacks(callbacks: Sequence[Callback] | Callback | None) -> list[Callback]:
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    if callbacks is not None and not isinstance(callbacks, list | tuple):
+        raise TypeError(f"callbacks must be a list of portnn Callbacks, got {type(callbacks).__name__}")
     callbacks = list(callbacks or [])
     for i, cb in enumerate(callbacks):
         if not isinstance(cb, Callback):
@@ -248,8 +258,7 @@ def fit(
     handed back (Ctrl-C raises ``KeyboardInterrupt``).
     Returns a :class:`History`.
     """
-    if not isinstance(model, Module):
-        raise TypeError(f"model must be a portnn Module, got {type(model).__name__}")
+    _check_model(model)
     loss_obj = get_loss(loss) if loss is not None else getattr(model, "loss", None)
     if loss_obj is None:
         raise ValueError("fit needs a loss, e.g. loss='cross_entropy' or loss=pn.MSELoss()")
@@ -267,6 +276,9 @@ def fit(
         raise ValueError("pass validation_data or validation_split, not both")
     metric_objs = _metrics(metrics)
     callback_objs = _callbacks(callbacks)
+    seed = count("seed", seed, minimum=0, allow_none=True)
+    if not isinstance(shuffle, bool):
+        raise TypeError(f"shuffle must be True or False, got {shuffle!r}")
     if on_nonfinite not in ("raise", "skip_batch", None):
         raise ValueError(f"on_nonfinite must be 'raise', 'skip_batch' or None, got {on_nonfinite!r}")
     if not model.parameters():
@@ -295,9 +307,26 @@ def fit(
             raise ValueError(f"validation X has {Xv.shape[1]} features, X has {X.shape[1]}")
         validation = (Xv, _Targets(model, loss_obj, Xv, validation_data[1], "validation y").values)
     batch_size = n if batch_size is None else min(batch_size, n)
+    if n % batch_size == 1 and any(getattr(m, "needs_batch_statistics", False) for m in model.modules()):
+        raise ValueError(
+            f"the last batch would hold 1 of the {n} samples, and batch normalization needs at "
+            f"least 2 per batch; choose another batch_size than {batch_size}"
+        )
+    logged = ["loss", *(m.name for m in metric_objs), "lr"]
+    if validation is not None:
+        logged += [f"val_{k}" for k in logged[:-1]]
+    for cb in callback_objs:
+        missing = [key for key in cb.required_logs() if key not in logged]
+        if missing:
+            raise KeyError(
+                f"{type(cb).__name__} monitors {missing[0]!r}, which fit will not log "
+                f"(logged: {', '.join(sorted(logged))}); pass validation data or metrics, or monitor another key"
+            )
     progress = Progress(verbose, epochs, n)
 
-    # everything is valid: from here on the model may change
+    # everything is valid: from here on the model may change; if fit fails before its
+    # first step, these are put back
+    previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history")}
     model.loss = loss_obj
     if opt is not getattr(model, "optimizer", None) or getattr(model, "optimizer_state", None) is None:
         model.optimizer = opt
@@ -316,6 +345,7 @@ def fit(
     check = on_nonfinite is not None
     has_buffers = bool(model.buffers())
     model.train()
+    applied = 0
     with deferred_signals() as interrupt:
         try:
             for cb in callback_objs:
@@ -341,6 +371,7 @@ def fit(
                     else:
                         params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
                         model._assign(params, slots)
+                        applied += 1
                         total = total + value * nb
                         seen += nb
                         if metric_objs:
@@ -368,6 +399,11 @@ def fit(
                     cb.on_epoch_end(epoch, logs)
                 if model.stop_training:
                     break
+        except BaseException:
+            if not applied:
+                for key, value in previous.items():
+                    setattr(model, key, value)
+            raise
         finally:
             progress.close()
             model.train(was_training)
@@ -439,6 +475,7 @@ def evaluate(
     With ``metrics`` it returns a dict ``{"loss": ..., "accuracy": ...}`` instead
     of the loss alone.
     """
+    _check_model(model)
     loss_obj = get_loss(loss) if loss is not None else getattr(model, "loss", None)
     if loss_obj is None:
         raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
@@ -469,6 +506,7 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
 
     Returns an array of the model's backend; host data is moved batch by batch.
     """
+    _check_model(model)
     batch_size = count("batch_size", batch_size, allow_none=True)
     backend = model.backend
     dtype = _model_dtype(model)
@@ -534,7 +572,10 @@ def gradient_check(
     1e-5 in both are compared absolutely, since float64 rounding in the loss
     (about 1e-16 / eps) would swamp their relative error.
     """
+    _check_model(model)
     loss = get_loss(loss)
+    eps = positive_number("eps", eps)
+    max_checks = count("max_checks", max_checks)
     probe = model.copy()
     try:
         probe.to(dtype="float64")

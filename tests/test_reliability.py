@@ -105,8 +105,6 @@ def test_losses_and_activations_stay_finite_without_warnings_at_extreme_logits(b
 
 
 def test_float16_inputs_are_computed_in_float32(backend):
-    if not hasattr(backend.xp, "float16"):
-        pytest.skip("this backend has no float16")
     model = _model()
     x = np.random.default_rng(0).normal(size=(3, 4)).astype(np.float16)
     y = model(x)
@@ -165,3 +163,85 @@ def test_sigterm_ends_the_process_after_a_final_checkpoint(tmp_path):
     reference = _model()
     reference.fit(X[:40], y[:40], optimizer=pn.SGD(lr=0.1), epochs=1, **ARGS)
     _assert_same(_weights(pn.load(tmp_path / "final.safetensors")), _weights(reference))
+
+
+def _trained(rng):
+    X, y = _data(rng, n=40)
+    model = _model()
+    model.fit(X, y, optimizer=pn.Adam(1e-2), epochs=2, **ARGS)
+    return model, X, y
+
+
+def _everything(model):
+    state = model.optimizer_state
+    slots = {f"{k}/{s}": pn.to_numpy(v).copy() for k, d in state["slots"].items() for s, v in d.items()}
+    return _weights(model), slots, state["step"], model.optimizer, list(model.history.epoch)
+
+
+def _assert_everything_kept(model, before):
+    after = _everything(model)
+    _assert_same(after[0], before[0])
+    _assert_same(after[1], before[1])
+    assert after[2:] == before[2:]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"seed": -1}, ValueError, "seed"),
+        ({"shuffle": "no"}, TypeError, "shuffle"),
+        ({"callbacks": [pn.EarlyStopping(monitor="val_loss")]}, KeyError, "val_loss"),
+        ({"batch_size": 3}, None, None),  # no BatchNorm here: a last batch of one is fine
+    ],
+)
+def test_bad_fit_arguments_change_nothing_even_with_a_new_optimizer(rng, kwargs, error, match):
+    model, X, y = _trained(rng)
+    before = _everything(model)
+    if error is None:
+        model.fit(X[:31], y[:31], optimizer=pn.SGD(lr=0.1), epochs=1, **{**ARGS, **kwargs})
+        return
+    with pytest.raises(error, match=match):
+        model.fit(X, y, optimizer=pn.SGD(lr=0.1), epochs=1, **{**ARGS, **kwargs})
+    _assert_everything_kept(model, before)
+
+
+def test_divergence_at_the_first_step_keeps_the_previous_optimizer_and_history(rng):
+    model, X, y = _trained(rng)
+    before = _everything(model)
+    X[0, 0] = np.nan
+    with pytest.raises(pn.TrainingDivergedError, match="epoch 0, step 0"):
+        model.fit(X, y, optimizer=pn.SGD(lr=0.1), epochs=1, check_finite=False, **ARGS)
+    _assert_everything_kept(model, before)
+
+
+def test_batch_norm_with_a_last_batch_of_one_is_refused_before_training(rng):
+    X, y = _data(rng, n=21)
+    model = _model(batch_norm=True)
+    before = _weights(model)
+    with pytest.raises(ValueError, match="last batch would hold 1"):
+        model.fit(X, y, optimizer=pn.SGD(lr=0.1), epochs=1, **ARGS)
+    _assert_same(_weights(model), before)
+
+
+def test_entry_points_name_a_model_that_is_not_one(rng):
+    X, y = _data(rng, n=8)
+    for call in (
+        lambda: pn.value_and_grad("m", "cross_entropy", X, y),
+        lambda: pn.evaluate("m", X, y, loss="cross_entropy"),
+        lambda: pn.predict("m", X),
+        lambda: pn.gradient_check("m", "cross_entropy", X, y),
+        lambda: pn.fit("m", X, y, loss="cross_entropy"),
+    ):
+        with pytest.raises(TypeError, match="model must be a portnn Module"):
+            call()
+    model = _model()
+    for kwargs, match in (({"eps": 0}, "eps"), ({"eps": float("nan")}, "eps"), ({"max_checks": 0}, "max_checks")):
+        with pytest.raises(ValueError, match=match):
+            pn.gradient_check(model, "cross_entropy", X, y, **kwargs)
+
+
+def test_a_single_callback_needs_no_list(rng):
+    X, y = _data(rng, n=20)
+    seen = []
+    _model().fit(X, y, epochs=2, callbacks=pn.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e)), **ARGS)
+    assert seen == [0, 1]
