@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import functional as F
-from ._checks import as_input, check_features
+from ._checks import as_input, check_features, host_array, positive_number
 from ._checks import check_finite as _check_finite
-from .backend import Backend, _library_name, _make_backend, get_backend, host_rng
+from .backend import Backend, _library_name, _make_backend, dtype_name, get_backend, host_rng
 from .init import get_initializer
 
 __all__ = [
@@ -172,6 +172,8 @@ class Module:
 
         Nothing changes unless every entry is valid.
         """
+        if not isinstance(params, Mapping):
+            raise TypeError(f"load_parameters takes a mapping of name -> array, got {type(params).__name__}")
         slots = {full: (owner, key) for full, owner, key in self._slots()}
         unknown = [k for k in params if k not in slots]
         if unknown:
@@ -487,11 +489,16 @@ class Dense(Module):
 
 
 def _param(backend: Backend, name: str, value: Any, dtype: Any, shape: tuple[int, ...]) -> Any:
+    if dtype is not None and not backend.xp.isdtype(dtype, "real floating"):
+        raise TypeError(f"dtype must be a floating dtype such as 'float32', got {dtype_name(dtype)!r}")
+    if _library_name(value) in (None, "numpy"):
+        host_array(name, value)  # numbers only: no strings, objects, bools or complex
     arr = backend.asarray(value, dtype, copy=True)  # never train a caller's array in place
     if tuple(arr.shape) != shape:
         raise ValueError(f"{name} must have shape {shape}, got {tuple(arr.shape)}")
     if not backend.xp.isdtype(arr.dtype, "real floating"):
         arr = backend.xp.astype(arr, backend.xp.float32 if dtype is None else dtype)
+    _check_finite(name, arr, backend.xp)
     return arr
 
 
@@ -561,7 +568,7 @@ class ReLU(_Activation):
 class LeakyReLU(_Activation):
     def __init__(self, alpha: float = 0.01) -> None:
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = positive_number("alpha", alpha, allow_zero=True)
 
     def _f(self, x: Any) -> Any:
         return F.leaky_relu(x, self.alpha, xp=self.xp)
@@ -579,7 +586,7 @@ class LeakyReLU(_Activation):
 class ELU(_Activation):
     def __init__(self, alpha: float = 1.0) -> None:
         super().__init__()
-        self.alpha = float(alpha)
+        self.alpha = positive_number("alpha", alpha, allow_zero=True)
 
     def _f(self, x: Any) -> Any:
         return F.elu(x, self.alpha, xp=self.xp)
@@ -617,8 +624,8 @@ class Softplus(_Activation):
 
     def __init__(self, beta: float = 1.0, threshold: float = 20.0) -> None:
         super().__init__()
-        self.beta = float(beta)
-        self.threshold = float(threshold)
+        self.beta = positive_number("beta", beta)
+        self.threshold = positive_number("threshold", threshold)
 
     def config(self) -> dict[str, Any]:
         return {"beta": self.beta, "threshold": self.threshold}

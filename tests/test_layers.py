@@ -218,3 +218,21 @@ def test_train_and_eval_switch_every_layer():
     assert all(m.training for m in model.modules())
     model.eval()
     assert not any(m.training for m in model.modules())
+
+
+def test_layer_arguments_are_checked():
+    with pytest.raises(TypeError, match="floating dtype"):
+        pn.Dense(2, 2, dtype="int32")
+    for bad in (np.ones((2, 2), dtype=bool), np.ones((2, 2), dtype=complex), np.array([["a", "b"], ["c", "d"]])):
+        with pytest.raises(TypeError, match="weight"):
+            pn.Dense(2, 2, weight=bad)
+    with pytest.raises(ValueError, match="weight contains NaN"):
+        pn.Dense(2, 2, weight=np.array([[1.0, np.nan], [0.0, 0.0]]))
+    with pytest.raises(TypeError, match="mapping"):
+        pn.Dense(2, 2).load_parameters(3)
+    with pytest.raises(TypeError, match="alpha"):
+        pn.LeakyReLU("a")
+    with pytest.raises(ValueError, match="alpha"):
+        pn.ELU(-1.0)
+    with pytest.raises(ValueError, match="beta"):
+        pn.Softplus(beta=0)
