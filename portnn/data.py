@@ -8,6 +8,7 @@ already on the model's backend is batched on the device with ``take``.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from ._checks import as_input, check_ndim, check_not_empty, host_array, is_device_array
-from .backend import Backend, _library_name, to_numpy
+from .backend import Backend, _library_name, dtype_name, to_numpy
 
 __all__ = ["Batcher", "feature_matrix"]
 
@@ -40,11 +41,20 @@ def feature_matrix(backend: Backend, name: str, X: Any, dtype: Any, *, finite: b
     check_ndim(name, X.shape, (2,))
     check_not_empty(name, X.shape)
     if finite and X.dtype.kind == "f":
+        # values beyond the model's dtype would become infinite in the conversion
+        limit = float(np.finfo(dtype_name(dtype)).max) if dtype is not None else math.inf
         for start in range(0, X.shape[0], _SCAN_ROWS):
-            if not np.isfinite(X[start : start + _SCAN_ROWS]).all():
+            chunk = X[start : start + _SCAN_ROWS]
+            if not np.isfinite(chunk).all():
                 raise ValueError(
                     f"{name} contains NaN or infinity; clean the data or pass check_finite=False"
                 )
+            if limit < math.inf and chunk.dtype.itemsize > np.dtype(dtype_name(dtype)).itemsize:
+                if np.abs(chunk).max() > limit:
+                    raise ValueError(
+                        f"{name} holds values beyond the range of {dtype_name(dtype)} (the model's "
+                        f"dtype), which would become infinite; rescale the data"
+                    )
     return X
 
 

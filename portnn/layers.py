@@ -182,6 +182,8 @@ class Module:
         for full, value in params.items():
             owner, key = slots[full]
             old = owner._params[key]
+            if _library_name(value) in (None, "numpy"):
+                host_array(f"parameter {full!r}", value)  # numbers only
             arr = owner._backend.asarray(value, old.dtype, copy=True)
             if tuple(arr.shape) != tuple(old.shape):
                 raise ValueError(

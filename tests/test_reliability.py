@@ -245,3 +245,15 @@ def test_a_single_callback_needs_no_list(rng):
     seen = []
     _model().fit(X, y, epochs=2, callbacks=pn.LambdaCallback(on_epoch_end=lambda e, logs: seen.append(e)), **ARGS)
     assert seen == [0, 1]
+
+
+def test_float64_data_beyond_float32_is_refused(rng):
+    model = _model()
+    X = np.ones((4, 4))
+    X[1, 2] = 1e300
+    for call in (lambda: model.predict(X), lambda: model.evaluate(X, np.zeros(4, dtype=int), loss="cross_entropy"),
+                 lambda: model.fit(X, np.zeros(4, dtype=int), loss="cross_entropy", verbose=0)):
+        with pytest.raises(ValueError, match="beyond the range of float32"):
+            call()
+    with pytest.raises(TypeError, match="parameter '0.weight'"):
+        model.load_parameters({"0.weight": np.ones((4, 8), dtype=complex)})
