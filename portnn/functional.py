@@ -46,8 +46,15 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 _GELU_C = 0.044715
 
 
-def _ns(x: Any, xp: Any) -> Any:
-    return xp if xp is not None else array_namespace(x)
+def _ns(x: Any, xp: Any, *others: Any) -> Any:
+    """The namespace of the arrays; arrays of two libraries are a TypeError naming them."""
+    if xp is not None:
+        return xp
+    try:
+        return array_namespace(x, *others)
+    except TypeError as e:
+        kinds = sorted({type(a).__module__.split(".")[0] + "." + type(a).__name__ for a in (x, *others)})
+        raise TypeError(f"arrays of different libraries in one call ({', '.join(kinds)}): {e}") from None
 
 
 def identity(x: Any, *, xp: Any = None) -> Any:
@@ -181,7 +188,7 @@ def one_hot(labels: Any, num_classes: int, dtype: Any = None, *, xp: Any = None)
 
 def mse(pred: Any, target: Any, *, xp: Any = None) -> Any:
     """Mean squared error over all elements."""
-    xp = _ns(pred, xp)
+    xp = _ns(pred, xp, target)
     d = pred - target
     return xp.mean(d * d)
 
@@ -192,7 +199,7 @@ def cross_entropy(logits: Any, target: Any, *, xp: Any = None) -> Any:
     ``target``: integer class indices of shape ``(n,)``, or probability rows
     (one-hot or soft) shaped like ``logits``.
     """
-    xp = _ns(logits, xp)
+    xp = _ns(logits, xp, target)
     if target.ndim == logits.ndim - 1:
         target = one_hot(target, logits.shape[-1], logits.dtype, xp=xp)
     return -xp.sum(target * log_softmax(logits, xp=xp)) / logits.shape[0]
@@ -204,7 +211,7 @@ def binary_cross_entropy(prob: Any, target: Any, *, xp: Any = None) -> Any:
     Each log is clamped at -100, as PyTorch's ``BCELoss`` does, so a probability
     of exactly 0 or 1 gives a large finite loss instead of infinity.
     """
-    xp = _ns(prob, xp)
+    xp = _ns(prob, xp, target)
     return -xp.mean(target * _clamped_log(prob, xp) + (1.0 - target) * _clamped_log(1.0 - prob, xp))
 
 
@@ -216,6 +223,6 @@ def _clamped_log(p: Any, xp: Any) -> Any:
 
 def binary_cross_entropy_with_logits(logits: Any, target: Any, *, xp: Any = None) -> Any:
     """Binary cross-entropy of logits (sigmoid fused in), stable for any finite logits."""
-    xp = _ns(logits, xp)
+    xp = _ns(logits, xp, target)
     loss = xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))
     return xp.mean(loss)

@@ -105,3 +105,10 @@ def test_mse(backend, rng):
     a, b = rng.normal(size=(4, 3)), rng.normal(size=(4, 3))
     got = pn.to_numpy(F.mse(backend.asarray(a), backend.asarray(b)))
     np.testing.assert_allclose(got, np.mean((a - b) ** 2), rtol=1e-12)
+
+
+def test_arrays_of_two_libraries_in_one_call_are_a_clear_error(backend):
+    if backend == "numpy":
+        pytest.skip("needs a second library")
+    with pytest.raises(TypeError, match="different libraries"):
+        F.mse(np.ones(3), backend.asarray(np.ones(3)))
