@@ -12,7 +12,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
-import numpy as np
+import numpy as np  # host side only: validation of host (NumPy, list) data
 
 from .backend import Backend, _library_name, dtype_name, to_numpy
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
+import numpy as np  # host side only: targets are validated on the host once per fit
 
 from . import functional as F
 from ._checks import as_input, host_array, lookup

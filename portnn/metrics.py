@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
+import numpy as np  # host side only: results are read once per epoch and finished on the host
 
 from . import functional as F
 from ._checks import count, lookup

@@ -16,7 +16,7 @@ import numbers
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+import numpy as np  # host side only: Dropout draws its masks from a seeded host generator
 
 from ._checks import check_features, count, positive_number
 from .backend import Backend, dtype_name

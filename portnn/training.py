@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
+import numpy as np  # host side only: shuffling orders, seeds and gradient_check's perturbations
 
 from ._checks import as_input, count, host_array, positive_number
 from .backend import host_rng, to_numpy
