@@ -54,6 +54,18 @@ def _filled(backend: Backend, value: float, features: int, dtype: Any) -> Any:
     return xp.full((features,), value, dtype=dt, device=backend.device)
 
 
+class _Affine(Module):
+    """A normalization layer's learned scale ``weight`` and shift ``bias``."""
+
+    @property
+    def weight(self) -> Any:
+        return self._params["weight"]
+
+    @property
+    def bias(self) -> Any:
+        return self._params["bias"]
+
+
 # ---------------------------------------------------------------- Dropout
 
 
@@ -107,7 +119,7 @@ class Dropout(Module):
 # ---------------------------------------------------------------- BatchNorm
 
 
-class BatchNorm(Module):
+class BatchNorm(_Affine):
     """Batch normalization of 2-D input ``(samples, features)``, like ``torch.nn.BatchNorm1d``.
 
     In training mode each feature is normalized with the batch mean and
@@ -145,14 +157,6 @@ class BatchNorm(Module):
             "eps": self.eps,
             "dtype": dtype_name(self._params["weight"].dtype),
         }
-
-    @property
-    def weight(self) -> Any:
-        return self._params["weight"]
-
-    @property
-    def bias(self) -> Any:
-        return self._params["bias"]
 
     @property
     def running_mean(self) -> Any:
@@ -225,7 +229,7 @@ class BatchNorm(Module):
 # ---------------------------------------------------------------- LayerNorm
 
 
-class LayerNorm(Module):
+class LayerNorm(_Affine):
     """Layer normalization over the last axis, like ``torch.nn.LayerNorm(features)``.
 
     Each sample is normalized with its own mean and (biased) variance over the
@@ -250,14 +254,6 @@ class LayerNorm(Module):
             "eps": self.eps,
             "dtype": dtype_name(self._params["weight"].dtype),
         }
-
-    @property
-    def weight(self) -> Any:
-        return self._params["weight"]
-
-    @property
-    def bias(self) -> Any:
-        return self._params["bias"]
 
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
