@@ -76,10 +76,18 @@ def step_derivative(x: Any, *, xp: Any = None) -> Any:
 
 
 def sigmoid(x: Any, *, xp: Any = None) -> Any:
-    """Logistic sigmoid, computed from ``exp(-|x|)`` so it never overflows."""
+    """Logistic sigmoid, ``exp(min(x, 0)) / (1 + exp(-|x|))``: no exponent is ever positive.
+
+    For ``x >= 0`` that is ``1 / (1 + exp(-x))``, for ``x < 0`` it is
+    ``exp(x) / (1 + exp(x))``: both exact to a couple of ulps, never
+    overflowing, and without a branch (``where``) per element.
+    """
     xp = _ns(x, xp)
-    e = xp.exp(-xp.abs(x))
-    return xp.where(x >= 0, 1.0, e) / (1.0 + e)
+    denom = xp.exp(-xp.abs(x))
+    denom += 1.0
+    y = xp.exp(xp.minimum(x, 0.0))
+    y /= denom
+    return y
 
 
 def sigmoid_derivative(x: Any, *, xp: Any = None) -> Any:

@@ -476,7 +476,10 @@ class Dense(Module):
         b = self._params.get("bias")
         y = x @ w
         if b is not None:
-            y = y + b
+            if b.dtype == y.dtype:
+                y += b  # in place: the product is a fresh array this layer owns
+            else:
+                y = y + b
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             grads = {"weight": x.T @ dy}
@@ -562,7 +565,12 @@ class ReLU(_Activation):
         y = xp.maximum(x, 0.0)
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
-            return (xp.where(x > 0, dy, 0.0) if need_dx else None), {}
+            if not need_dx:
+                return None, {}
+            # a 0/1 mask times dy: branch-free, several times faster on CPUs than where()
+            dx = xp.astype(x > 0, dy.dtype)
+            dx *= dy
+            return dx, {}
 
         return y, backward
 
@@ -685,6 +693,14 @@ class Sequential(Module):
 
     def children(self) -> list[tuple[str, Module]]:
         return [(str(i), layer) for i, layer in enumerate(self.layers)]
+
+    def compute_dtype(self) -> Any:
+        # on every call of the model: walk the layers without naming them
+        for layer in self.layers:
+            dtype = layer.compute_dtype()
+            if dtype is not None:
+                return dtype
+        return None
 
     def config(self) -> dict[str, Any]:
         """Sequential's config is its layers; ``portnn.io`` serializes each in turn."""

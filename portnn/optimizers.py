@@ -308,17 +308,25 @@ class Adam(Optimizer):
             g = self._l2(g, p)
         elif self.weight_decay:
             p *= 1 - self.lr * self.weight_decay
-        m = slots["exp_avg"] = _ema(slots["exp_avg"], g, beta1)
-        v = slots["exp_avg_sq"] = _ema(slots["exp_avg_sq"], g * g, beta2)
+        m, v = slots["exp_avg"], slots["exp_avg_sq"]
+        m *= beta1
+        scaled = g * (1 - beta1)
+        m += scaled
+        # reuse that temporary for (1 - beta2) * g * g: one large allocation fewer per step
+        scaled *= g
+        scaled *= (1 - beta2) / (1 - beta1)
+        v *= beta2
+        v += scaled
+        slots["exp_avg"], slots["exp_avg_sq"] = m, v
         if self.amsgrad:
             v = slots["max_exp_avg_sq"] = xp.maximum(slots["max_exp_avg_sq"], v)
-        # the same arithmetic as torch, with the fewest temporaries: each in-place
-        # operator reuses the array it was given (and rebinds on immutable backends)
+        # torch's lr / bc1 * m / (sqrt(v / bc2) + eps), with the bias corrections
+        # folded into two scalars so that no pass over the arrays divides by sqrt(bc2)
+        root_bc2 = (1 - beta2**step) ** 0.5
         denom = xp.sqrt(v)
-        denom /= (1 - beta2**step) ** 0.5
-        denom += self.eps
+        denom += self.eps * root_bc2
         update = m / denom
-        update *= self.lr / (1 - beta1**step)
+        update *= self.lr * root_bc2 / (1 - beta1**step)
         p -= update
         return p, slots
 
