@@ -260,6 +260,10 @@ class Module:
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
         raise NotImplementedError
 
+    def _infer(self, x: Any) -> Any:
+        """The inference-mode output alone; hot layers skip building ``backward``."""
+        return self._forward(x, False)[0]
+
     def _input(self, x: Any) -> tuple[Any, bool]:
         dtype = self.compute_dtype()
         if not _ready(self._backend, x, dtype):
@@ -271,7 +275,7 @@ class Module:
     def __call__(self, x: Any) -> Any:
         """Apply the module to a batch (2-D) or a single sample (1-D)."""
         x, single = self._input(x)
-        y, _ = self._forward(x, self.training)
+        y = self._forward(x, True)[0] if self.training else self._infer(x)
         return y[0, ...] if single else y
 
     def forward(self, x: Any) -> Any:
@@ -470,16 +474,22 @@ class Dense(Module):
     def bias(self) -> Any:
         return self._params.get("bias")
 
-    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
-        check_features(self.name, self.in_features, x)
-        w = self._params["weight"]
+    def _infer(self, x: Any) -> Any:
+        if x.shape[-1] != self.in_features:
+            check_features(self.name, self.in_features, x)
+        y = x @ self._params["weight"]
         b = self._params.get("bias")
-        y = x @ w
         if b is not None:
             if b.dtype == y.dtype:
                 y += b  # in place: the product is a fresh array this layer owns
             else:
                 y = y + b
+        return y
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        y = self._infer(x)
+        w = self._params["weight"]
+        b = self._params.get("bias")
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             grads = {"weight": x.T @ dy}
@@ -545,10 +555,21 @@ class Step(_Activation):
 
 class Sigmoid(_Activation):
     def _f(self, x: Any) -> Any:
-        return F.sigmoid(x, xp=self.xp)
+        return F.sigmoid(x, xp=self._backend.xp)
 
     def _grad(self, x: Any, y: Any) -> Any:
         return y * (1.0 - y)
+
+    def _infer(self, x: Any) -> Any:
+        return F.sigmoid(x, xp=self._backend.xp)
+
+    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        y = F.sigmoid(x, xp=self._backend.xp)
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            return (dy * (y * (1.0 - y)) if need_dx else None), {}
+
+        return y, backward
 
 
 class Tanh(_Activation):
@@ -714,6 +735,11 @@ class Sequential(Module):
 
     def __iter__(self) -> Iterator[Module]:
         return iter(self.layers)
+
+    def _infer(self, x: Any) -> Any:
+        for layer in self.layers:
+            x = layer._infer(x)
+        return x
 
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
         backwards = []

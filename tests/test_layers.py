@@ -113,6 +113,24 @@ def test_forward_agrees_with_numpy_backend(name, rng, backend):
     np.testing.assert_allclose(here, reference, rtol=1e-5, atol=1e-6)
 
 
+EVAL_LAYERS = {**ACTIVATIONS, "BatchNorm": lambda: pn.BatchNorm(6), "Dropout": lambda: pn.Dropout(0.5),
+               "LayerNorm": lambda: pn.LayerNorm(6)}
+
+
+@pytest.mark.parametrize("name", sorted(EVAL_LAYERS))
+def test_calling_a_model_in_eval_mode_equals_its_inference_forward(name, rng, backend):
+    # model(x) in eval mode takes each layer's lean inference path; it must be the same math
+    model = pn.Sequential(pn.Dense(4, 6, seed=1), EVAL_LAYERS[name](), pn.Dense(6, 3, seed=2))
+    model = model.to(dtype="float64")
+    x = rng.normal(size=(8, 4))
+    model.fit(x, rng.normal(size=(8, 3)), loss="mse", epochs=2, batch_size=4, verbose=0)
+    model.eval()
+    traced, _ = model._forward(model._input(x)[0], False)
+    np.testing.assert_array_equal(pn.to_numpy(model(x)), pn.to_numpy(traced))
+    # one sample goes through a matrix-vector product: rounding may differ from the batch's
+    np.testing.assert_allclose(pn.to_numpy(model(x[0])), pn.to_numpy(traced)[0], rtol=1e-12)
+
+
 def test_layer_accepts_one_sample_and_a_batch(rng, backend_name):
     layer = pn.Dense(3, 2, seed=0)
     x = rng.normal(size=(4, 3))
