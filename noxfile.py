@@ -24,8 +24,11 @@ BACKEND_REQUIREMENTS = {
     "numpy": [TORCH_CPU],  # torch is the reference in equality tests
     "array_api_strict": [TORCH_CPU],
     "torch": [TORCH_CPU],
+    "jax": ["jax", TORCH_CPU],
     "cupy": ["cupy-cuda13x"],
 }
+# JAX computes in float32 only unless asked; the suite checks float64 results too
+BACKEND_ENV = {"jax": {"JAX_ENABLE_X64": "1"}}
 
 
 def _cuda_visible() -> bool:
@@ -42,7 +45,7 @@ def tests(session: nox.Session, backend: str) -> None:
     session.run(
         "pytest",
         *session.posargs,
-        env={"PORTNN_BACKEND": backend},
+        env={"PORTNN_BACKEND": backend, **BACKEND_ENV.get(backend, {})},
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from array_api_compat import array_namespace
+from array_api_compat import array_namespace, device
 
 __all__ = [
     "binary_cross_entropy",
@@ -189,7 +189,7 @@ def log_softmax(x: Any, axis: int = -1, *, xp: Any = None) -> Any:
 def one_hot(labels: Any, num_classes: int, dtype: Any = None, *, xp: Any = None) -> Any:
     """Rows of zeros with a one at each integer label (built by comparison, no fancy indexing)."""
     xp = _ns(labels, xp)
-    classes = xp.arange(num_classes, dtype=labels.dtype, device=labels.device)
+    classes = xp.arange(num_classes, dtype=labels.dtype, device=device(labels))  # device(): traced arrays too
     hot = labels[:, None] == classes
     return xp.astype(hot, dtype if dtype is not None else xp.float32)
 

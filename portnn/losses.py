@@ -171,7 +171,7 @@ class CrossEntropy(Loss):
         return {"from_logits": self.from_logits}
 
     def target_dtype(self, backend: Any, pred_dtype: Any, target: np.ndarray) -> Any:
-        return backend.xp.int64 if target.ndim == 1 else pred_dtype
+        return backend.index_dtype if target.ndim == 1 else pred_dtype
 
     def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
         xp = xp or _namespace(pred)

@@ -99,7 +99,7 @@ class Batch:
 def predicted_labels(pred: Any, xp: Any, logits: bool) -> Any:
     """Argmax of a multi-column output; a threshold on one column (0 for logits, 0.5 else)."""
     if pred.shape[-1] == 1:
-        return xp.astype(pred[:, 0] > (0.0 if logits else 0.5), xp.int64)
+        return xp.astype(pred[:, 0] > (0.0 if logits else 0.5), xp.int32)
     return xp.argmax(pred, axis=-1)
 
 
@@ -107,7 +107,7 @@ def true_labels(target: Any, xp: Any) -> Any:
     if target.ndim == 1:
         return target
     if target.shape[-1] == 1:
-        return xp.astype(target[:, 0] > 0.5, xp.int64)
+        return xp.astype(target[:, 0] > 0.5, xp.int32)
     return xp.argmax(target, axis=-1)
 
 

@@ -100,10 +100,14 @@ class Dropout(Module):
         if state:
             self._rng.bit_generator.state = dict(state)
 
+    def _uniform(self, shape: tuple[int, ...]) -> Any:
+        """Uniform [0, 1) draws for one mask (a compiled step passes its own, drawn the same way)."""
+        return self._rng.random(shape)
+
     def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
         if not training or self.p == 0.0:
             return x, lambda dy, need_dx=True: (dy, {})
-        keep = self._rng.random(tuple(x.shape)) >= self.p
+        keep = self._uniform(tuple(x.shape)) >= self.p
         mask = self._backend.asarray(keep, x.dtype) * (1.0 / (1.0 - self.p))
         y = x * mask
 

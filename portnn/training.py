@@ -234,6 +234,7 @@ def fit(
     initial_epoch: int = 0,
     check_finite: bool = True,
     on_nonfinite: str | None = "raise",
+    jit: bool = False,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
@@ -252,7 +253,10 @@ def fit(
     ``on_nonfinite="raise"`` (default) ``fit`` raises :class:`TrainingDivergedError`
     with the model at its last finite step and ``model.history`` holding the
     completed epochs; ``"skip_batch"`` skips such batches and goes on; ``None``
-    turns the check (one host read per step) off. Ctrl-C or SIGTERM stops
+    turns the check (one host read per step) off. ``jit=True`` (JAX backend)
+    compiles the whole step -- forward, backward and update -- with ``jax.jit``
+    (see :mod:`portnn.jit`); the results equal the eager loop's within float
+    rounding. Ctrl-C or SIGTERM stops
     training at the end of the current step; callbacks get ``on_interrupt``
     (a :class:`ModelCheckpoint` writes a final checkpoint), then the signal is
     handed back (Ctrl-C raises ``KeyboardInterrupt``).
@@ -283,6 +287,13 @@ def fit(
         raise ValueError(f"on_nonfinite must be 'raise', 'skip_batch' or None, got {on_nonfinite!r}")
     if not model.parameters():
         raise ValueError("model has no parameters to train")
+    if not isinstance(jit, bool):
+        raise TypeError(f"jit must be True or False, got {jit!r}")
+    if jit and model.backend != "jax":
+        raise ValueError(
+            f"jit=True compiles the step with jax.jit and needs the model on the 'jax' backend, "
+            f"not {str(model.backend)!r}; move it with model.to('jax')"
+        )
 
     backend = model.backend
     xp = backend.xp
@@ -346,6 +357,7 @@ def fit(
     has_buffers = bool(model.buffers())
     model.train()
     applied = 0
+    compiled = _compiled_step(model, loss_obj, opt, penalized, check) if jit else None
     with deferred_signals() as interrupt:
         try:
             for cb in callback_objs:
@@ -360,17 +372,22 @@ def fit(
                 total: Any = 0.0
                 seen = skipped = 0
                 for step, (xb, yb, nb) in enumerate(batcher.batches(order, batch_size)):
-                    buffers = model.buffers() if has_buffers and check else None
-                    value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
-                    if check and not _all_finite(value, grads, xp):
-                        if buffers:
+                    if compiled is not None:
+                        value, pred, finite = compiled(xb, yb)  # applied unless not finite
+                    else:
+                        buffers = model.buffers() if has_buffers and check else None
+                        value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
+                        finite = _all_finite(value, grads, xp) if check else None
+                        if finite is False and buffers:
                             model.load_buffers(buffers)  # undo this batch's running statistics
+                    if finite is False:
                         if on_nonfinite == "raise":
                             raise TrainingDivergedError(epoch, step, float(value))
                         skipped += 1
                     else:
-                        params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
-                        model._assign(params, slots)
+                        if compiled is None:
+                            params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
+                            model._assign(params, slots)
                         applied += 1
                         total = total + value * nb
                         seen += nb
@@ -407,6 +424,8 @@ def fit(
         finally:
             progress.close()
             model.train(was_training)
+            if compiled is not None:
+                compiled.finish()
         if interrupt.received:
             for cb in callback_objs:
                 cb.on_interrupt(logs)
@@ -416,6 +435,12 @@ def fit(
     for cb in callback_objs:
         cb.on_train_end(logs)
     return history
+
+
+def _compiled_step(model: Module, loss: Loss, opt: Optimizer, penalized: list, check: bool) -> Any:
+    from .jit import CompiledStep
+
+    return CompiledStep(model, loss, opt, lambda m, l, xb, yb: _value_and_grad(m, l, xb, yb, penalized), check)
 
 
 def _all_finite(value: Any, grads: dict[str, Any], xp: Any) -> bool:

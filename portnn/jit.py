@@ -1,0 +1,154 @@
+"""``fit(..., jit=True)``: the whole training step compiled by ``jax.jit``.
+
+The step is the same portable code as the eager loop -- the layers' forward and
+backward, the loss, the penalties and the optimizer's update -- run once under
+``jax.jit`` as a pure function of the parameters, buffers, optimizer state,
+learning rate and batch. XLA then fuses it into one compiled program.
+
+What would otherwise be frozen into the program at trace time is passed in on
+every call instead: the learning rate (schedules change it between epochs),
+the step count (for Adam's bias corrections) and dropout's uniform draws, which
+are drawn on the host from each layer's own generator exactly as in the eager
+loop, so both paths see the same masks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .layers import Module
+from .losses import Loss
+from .optimizers import Optimizer
+from .regularization import Dropout
+
+__all__ = ["CompiledStep"]
+
+
+def _buffer_slots(model: Module) -> list[tuple[str, Module, str]]:
+    return [(f"{prefix}{key}", m, key) for prefix, m in model.named_modules() for key in m._buffers]
+
+
+class CompiledStep:
+    """One training step of ``model`` compiled with ``jax.jit``; call it with a batch.
+
+    ``step(xb, yb)`` applies the step to the model (parameters, buffers and
+    optimizer state) unless ``check`` is set and the loss or a gradient is not
+    finite, and returns ``(loss value, predictions, finite)``; ``finite`` is a
+    Python bool (one host read) when ``check`` is set, else None.
+    """
+
+    def __init__(
+        self,
+        model: Module,
+        loss: Loss,
+        optimizer: Optimizer,
+        value_and_grad: Callable[..., tuple[Any, dict[str, Any], Any]],
+        check: bool,
+    ) -> None:
+        if model.backend != "jax":
+            raise ValueError(
+                f"jit=True compiles the step with jax.jit and needs the model on the 'jax' backend, "
+                f"not {str(model.backend)!r}; move it with model.to('jax')"
+            )
+        import jax
+
+        self.model, self.loss, self.optimizer, self.check = model, loss, optimizer, check
+        self._value_and_grad = value_and_grad
+        self._slots = model._slots()
+        self._buffer_slots = _buffer_slots(model)
+        self._dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0.0]
+        self._noise_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
+        self._jax = jax
+        self._compiled = jax.jit(self._pure_step)
+
+    # ------------------------------------------------------------ the pure function
+    def _pure_step(self, params, buffers, opt_state, lr, noise, xb, yb):
+        model, opt, xp = self.model, self.optimizer, self.model.xp
+        saved_params, saved_buffers, saved_lr = model.parameters(), model.buffers(), opt.lr
+        try:
+            self._set(params, buffers)
+            if noise is not None:  # None: the caller has put its own draws in place
+                draws = iter(noise)
+                for layer in self._dropouts:
+                    layer._uniform = lambda shape: next(draws)
+            opt.lr = lr
+            value, grads, pred = self._value_and_grad(model, self.loss, xb, yb)
+            new_buffers = dict(model.buffers())
+            new_params, new_state = opt.update(dict(params), grads, opt_state, xp)
+            finite = None
+            if self.check:
+                probe = value
+                for g in grads.values():
+                    probe = probe + xp.sum(g)
+                finite = xp.isfinite(probe)
+                # a non-finite step changes nothing: every output falls back to its input
+                keep = self._jax.tree_util.tree_map
+                new_params = keep(lambda new, old: xp.where(finite, new, old), new_params, dict(params))
+                new_buffers = keep(lambda new, old: xp.where(finite, new, old), new_buffers, dict(buffers))
+                new_state = keep(lambda new, old: xp.where(finite, new, old), new_state, opt_state)
+        finally:
+            self._set(saved_params, saved_buffers)
+            if noise is not None:
+                for layer in self._dropouts:
+                    del layer._uniform  # back to the class's host draw
+            opt.lr = saved_lr
+        return new_params, new_buffers, new_state, value, pred, finite
+
+    def _set(self, params: dict[str, Any], buffers: dict[str, Any]) -> None:
+        self.model._assign(params, self._slots)
+        for full, module, key in self._buffer_slots:
+            module._buffers[key] = buffers[full]
+
+    # ------------------------------------------------------------ per step, on the host
+    def _noise(self, xb: Any, yb: Any, args: tuple) -> list[Any]:
+        """Dropout's draws for this batch, from each layer's host generator in forward order."""
+        if not self._dropouts:
+            return []
+        shape = tuple(xb.shape)
+        if shape not in self._noise_shapes:
+            # trace the forward once abstractly to learn each dropout's input shape
+            shapes: list[tuple[int, ...]] = []
+
+            def record(s):
+                shapes.append(tuple(s))
+                return self._jax.numpy.zeros(s, dtype=xb.dtype)
+
+            for layer in self._dropouts:
+                layer._uniform = record
+            try:
+                self._jax.eval_shape(lambda *a: self._pure_step(*a[:4], None, *a[4:]), *args, xb, yb)
+            finally:
+                for layer in self._dropouts:
+                    layer.__dict__.pop("_uniform", None)
+            self._noise_shapes[shape] = shapes
+        backend = self.model.backend
+        return [
+            backend.asarray(layer._rng.random(s), xb.dtype)
+            for layer, s in zip(self._dropouts, self._noise_shapes[shape])
+        ]
+
+    def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
+        model, opt = self.model, self.optimizer
+        state = model.optimizer_state
+        # the step count goes in as an array so that each step does not compile anew
+        step = state["step"]
+        if not hasattr(step, "dtype"):
+            state = {**state, "step": model.xp.asarray(step, dtype=xb.dtype)}
+        lr = model.xp.asarray(opt.lr, dtype=xb.dtype)
+        args = (dict(model.parameters()), dict(model.buffers()), state, lr)
+        noise = self._noise(xb, yb, args)
+        new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
+        ok = None if finite is None else bool(finite)
+        if ok is not False:
+            self._set(new_params, new_buffers)
+            model.optimizer_state = new_state
+        else:
+            model.optimizer_state = state
+        return value, pred, ok
+
+    def finish(self) -> None:
+        """Give the optimizer state its host step count back (as the eager loop keeps it)."""
+        state = self.model.optimizer_state
+        if isinstance(state, dict) and hasattr(state.get("step"), "dtype"):
+            self.model.optimizer_state = {**state, "step": int(state["step"])}
