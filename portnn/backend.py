@@ -90,6 +90,11 @@ class Backend(str):
         except AttributeError:
             raise TypeError(f"backend {str(self)!r} has no dtype {name!r}") from None
 
+    @property
+    def index_dtype(self) -> Any:
+        """The library's default integer dtype (int64, or int32 where that is all it has, as JAX by default)."""
+        return self.xp.__array_namespace_info__().default_dtypes(device=self.device)["integral"]
+
     def asarray(self, x: Any, dtype: Any = None, *, copy: bool = False) -> Any:
         """Convert ``x`` (any library's array, nested lists, scalars) to this backend.
 
@@ -300,9 +305,14 @@ def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
         backend.device is None or array_api_compat.device(x) == backend.device
     ):
         return x if dtype is None or x.dtype == dtype else xp.astype(x, dtype)
+    handed = _through_dlpack(backend, x)
+    if handed is not None:
+        return handed if dtype is None or handed.dtype == dtype else xp.astype(handed, dtype)
+    source = _library_name(x)
     host = to_numpy(x)
-    if not host.flags.writeable and str(backend) != "numpy":
-        host = np.array(host)  # read-only memory (memmaps): libraries that wrap it may write
+    if not host.flags.writeable and (str(backend) != "numpy" or source not in ("numpy", None)):
+        # read-only memory (memmaps, another library's buffers): whoever wraps it may write
+        host = np.array(host)
     if dtype is None and host.dtype == np.float64 and not _has_float64(backend):
         dtype = xp.float32
     if host.dtype == np.float16 and not _has_dtype(backend, "float16"):
@@ -313,6 +323,33 @@ def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
     else:
         arr = xp.asarray(host, device=backend.device)
     return arr if dtype is None or arr.dtype == dtype else xp.astype(arr, dtype)
+
+
+# libraries that exchange device arrays through DLPack without a trip through host memory
+_DLPACK_PEERS = ("cupy", "torch", "jax")
+
+
+def _through_dlpack(backend: Backend, x: Any) -> Any:
+    """``x`` copied to ``backend`` through DLPack, or None to go through the host.
+
+    Used between CuPy, PyTorch and JAX, so that a CUDA array moves from one to
+    another on the GPU; any refusal (another device, an unsupported dtype, a
+    library that cannot import it) falls back to the host path.
+    """
+    source = _library_name(x)
+    if source == str(backend) or source not in _DLPACK_PEERS or str(backend) not in _DLPACK_PEERS:
+        return None
+    if not _has_dtype(backend, dtype_name(x.dtype)):
+        return None  # e.g. float64 into JAX without x64: the host path narrows it
+    try:
+        # a copy on the device: the two libraries must not share memory that either
+        # one updates in place (or, like JAX, assumes never changes)
+        arr = backend.xp.asarray(backend.xp.from_dlpack(x), copy=True)
+        if backend.device is not None and array_api_compat.device(arr) != backend.device:
+            arr = array_api_compat.to_device(arr, backend.device)
+    except Exception:  # noqa: BLE001 -- any refusal means: take the host path
+        return None
+    return arr
 
 
 def _may_share(arr: Any, source: Any) -> bool:

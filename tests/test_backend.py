@@ -8,6 +8,8 @@ import pytest
 import portnn as pn
 from portnn import backend as backend_module
 
+from conftest import tolerance
+
 
 def test_available_backends_lists_numpy_first_and_only_usable_ones():
     names = pn.available_backends()
@@ -95,7 +97,28 @@ def test_model_to_moves_every_parameter_and_keeps_values(backend_name):
     model.to("numpy")
     reference = pn.to_numpy(model(x))
     model.to(backend_name)
-    np.testing.assert_allclose(pn.to_numpy(model(x)), reference, rtol=1e-6)
+    np.testing.assert_allclose(pn.to_numpy(model(x)), reference, **tolerance("float32"))
+
+
+@pytest.mark.parametrize("source, target", [("torch", "jax"), ("jax", "torch")])
+def test_arrays_move_between_device_libraries_through_dlpack_not_the_host(source, target, monkeypatch):
+    for name in (source, target):
+        pytest.importorskip(name)
+    src, dst = backend_module._make_backend(source), backend_module._make_backend(target)
+    x = src.asarray(np.arange(6.0).reshape(2, 3), src.xp.float32)
+
+    def no_host_trip(array):
+        raise AssertionError(f"{type(array)} went through host memory")
+
+    monkeypatch.setattr(backend_module, "to_numpy", no_host_trip)
+    moved = dst.asarray(x)
+    monkeypatch.undo()
+    assert backend_module.backend_of(moved) == target
+    np.testing.assert_array_equal(pn.to_numpy(moved), np.arange(6.0).reshape(2, 3))
+    # a copy, not shared memory: updating one in place cannot change the other
+    if target == "torch":
+        moved += 1
+        np.testing.assert_array_equal(pn.to_numpy(x), np.arange(6.0).reshape(2, 3))
 
 
 def test_model_to_moves_optimizer_state(backend_name):

@@ -9,6 +9,8 @@ import pytest
 import portnn as pn
 from portnn.backend import backend_of
 
+from conftest import tolerance
+
 EXAMPLES = pathlib.Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -139,7 +141,8 @@ def test_predict_in_batches_equals_one_batch_and_returns_backend_arrays(rng, bac
     X = rng.normal(size=(50, 4))
     whole = model.predict(X)
     assert backend_of(whole) == backend_name
-    np.testing.assert_allclose(pn.to_numpy(model.predict(X, batch_size=7)), pn.to_numpy(whole), rtol=1e-6)
+    # batches of another size may take another matrix kernel: equal within float32 rounding
+    np.testing.assert_allclose(pn.to_numpy(model.predict(X, batch_size=7)), pn.to_numpy(whole), **tolerance("float32"))
     single = model.predict(X[3])
     np.testing.assert_allclose(pn.to_numpy(single), pn.to_numpy(whole)[3], rtol=1e-6)
 
