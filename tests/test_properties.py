@@ -621,6 +621,9 @@ def test_load_parameters_is_all_or_nothing(backend, data):
         given = np.asarray(v if isinstance(v, list | int | float) else pn.to_numpy(v))
         with np.errstate(over="ignore"):  # float64 beyond float32's range: inf (check_finite=False)
             expected = given.astype(after[f"param/{k}"].dtype)
+        if backend == "jax" and expected.dtype.kind == "f":
+            # XLA on the CPU flushes subnormal numbers to zero
+            expected = np.where(np.abs(expected) < np.finfo(expected.dtype).tiny, 0, expected).astype(expected.dtype)
         np.testing.assert_array_equal(after[f"param/{k}"], expected)
     unchanged = [k for k in before if k.removeprefix("param/") not in params]
     _assert_identical({k: before[k] for k in unchanged}, {k: after[k] for k in unchanged})
