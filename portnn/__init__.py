@@ -15,6 +15,8 @@ from . import callbacks, metrics, schedules
 from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
 from .io import load, save
+from .distributed import DataParallel, DistributedError
+from .export import ExportError, export_onnx
 
 __version__ = "0.1.0"
 

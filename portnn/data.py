@@ -4,6 +4,11 @@ Host data (NumPy arrays, memory-mapped ``.npy`` files, lists) stays on the host
 and goes to the model's device one batch at a time; on an accelerator the next
 batch is gathered on a worker thread while the current one computes. Data
 already on the model's backend is batched on the device with ``take``.
+
+A Dask array (possibly held by the workers of a ``dask.distributed`` cluster)
+is never gathered whole: each batch computes only its own rows, one selection
+per chunk it touches, and the next batch is computed while the current one
+trains.
 """
 
 from __future__ import annotations
@@ -16,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_input, check_ndim, check_not_empty, host_array, is_device_array
+from ._checks import as_input, check_dtype, check_ndim, check_not_empty, host_array, is_device_array
 from .backend import Backend, _library_name, dtype_name, to_numpy
 
-__all__ = ["Batcher", "feature_matrix"]
+__all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows"]
 
 # rows per chunk when scanning host data for NaN/inf (bounded memory for memmaps)
 _SCAN_ROWS = 1 << 16
@@ -33,6 +38,8 @@ def feature_matrix(backend: Backend, name: str, X: Any, dtype: Any, *, finite: b
     """
     if isinstance(X, str | os.PathLike) and os.fspath(X).endswith(".npy"):
         X = np.load(os.fspath(X), mmap_mode="r")
+    if is_dask(X) and str(backend) != "dask":
+        return _dask_matrix(name, X, dtype, finite=finite)
     if is_device_array(X) and _library_name(X) == str(backend):
         return as_input(backend, name, X, dtype, ndims=(2,), finite=finite)
     if is_device_array(X):
@@ -58,6 +65,74 @@ def feature_matrix(backend: Backend, name: str, X: Any, dtype: Any, *, finite: b
     return X
 
 
+def is_dask(X: Any) -> bool:
+    return _library_name(X) == "dask"
+
+
+def _dask_matrix(name: str, X: Any, dtype: Any, *, finite: bool) -> Any:
+    """Check a Dask feature matrix; its NaN/inf scan runs on the workers (one pass)."""
+    import dask
+    import dask.array as da
+
+    check_dtype(name, np.dtype(X.dtype).kind, X.dtype)
+    check_ndim(name, X.shape, (2,))
+    if any(math.isnan(s) for s in X.shape):
+        raise ValueError(f"{name} has unknown chunk sizes; call {name}.compute_chunk_sizes() first")
+    check_not_empty(name, X.shape)
+    if finite and np.dtype(X.dtype).kind == "f":
+        checks = [abs(X).max()] if np.dtype(X.dtype).itemsize > np.dtype(dtype_name(dtype)).itemsize else []
+        all_finite, *largest = dask.compute(da.isfinite(X).all(), *checks)
+        if not all_finite:
+            raise ValueError(f"{name} contains NaN or infinity; clean the data or pass check_finite=False")
+        if largest and largest[0] > float(np.finfo(dtype_name(dtype)).max):
+            raise ValueError(
+                f"{name} holds values beyond the range of {dtype_name(dtype)} (the model's "
+                f"dtype), which would become infinite; rescale the data"
+            )
+    return X
+
+
+def _dask_rows(X: Any, sel: Any) -> np.ndarray:
+    """Rows ``sel`` (a slice or host indices in any order) of a Dask matrix, as NumPy.
+
+    Each chunk the rows fall in gives only its selected rows, all chunks in one
+    ``compute``; nothing else leaves the workers.
+    """
+    import dask
+
+    if isinstance(sel, slice):
+        return np.asarray(X[sel].compute())
+    idx = np.asarray(sel)
+    if idx.size == 0:
+        return np.empty((0, X.shape[1]), dtype=X.dtype)
+    order = np.argsort(idx, kind="stable")
+    ordered = idx[order]
+    starts = np.cumsum((0, *X.chunks[0]))
+    chunk_of = np.searchsorted(starts, ordered, side="right") - 1
+    cuts = np.flatnonzero(np.diff(chunk_of)) + 1
+    pieces = [
+        X.blocks[int(chunk_of[part[0]])][ordered[part[0] : part[-1] + 1] - starts[chunk_of[part[0]]]]
+        for part in np.split(np.arange(idx.size), cuts)
+    ]
+    rows = np.concatenate([np.asarray(p) for p in dask.compute(*pieces)])
+    out = np.empty_like(rows)
+    out[order] = rows
+    return out
+
+
+def map_rows(X: Any, fn: Any, n_outputs: int | None, dtype: Any) -> Any:
+    """A Dask array of ``fn(block)`` for each row block of ``X``, computed on the workers.
+
+    ``fn`` maps a NumPy block of rows to a NumPy result with as many rows (and
+    ``n_outputs`` columns, or 1-D results when ``n_outputs`` is None).
+    """
+    if X.numblocks[1] > 1:
+        X = X.rechunk({1: -1})  # a block holds whole rows
+    if n_outputs is None:
+        return X.map_blocks(fn, dtype=dtype, chunks=(X.chunks[0],), drop_axis=1)
+    return X.map_blocks(fn, dtype=dtype, chunks=(X.chunks[0], (n_outputs,)))
+
+
 def take_rows(data: Any, start: int, stop: int) -> Any:
     """Rows ``start:stop`` of a host or device matrix (a view where the library gives one)."""
     return data[start:stop, ...]
@@ -72,19 +147,20 @@ class Batcher:
 
     def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
         self.backend = backend
-        self.on_device = is_device_array(X)
+        self.dask = is_dask(X) and str(backend) != "dask"
+        self.on_device = is_device_array(X) and not self.dask
         self.dtype = dtype
         self.X = X
         self.y_dtype = y_dtype
         self.y = backend.asarray(y, y_dtype) if self.on_device and y is not None else y
         # overlap the host gather (and its copy) with compute where there is a device
-        self.prefetch = not self.on_device and str(backend) != "numpy"
+        self.prefetch = not self.on_device and (str(backend) != "numpy" or self.dask)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
 
     def _host_batch(self, sel: Any) -> tuple[Any, Any]:
-        xb = self.backend.asarray(self.X[sel], self.dtype)
+        xb = self.backend.asarray(_dask_rows(self.X, sel) if self.dask else self.X[sel], self.dtype)
         yb = None if self.y is None else self.backend.asarray(self.y[sel], self.y_dtype)
         return xb, yb
 
@@ -95,6 +171,9 @@ class Batcher:
             yield from self._device_batches(order, bounds)
             return
         selections = [slice(a, b) if order is None else order[a:b] for a, b in bounds]
+        if self.dask:
+            yield from self.select(selections)
+            return
         if not self.prefetch:
             for sel, (a, b) in zip(selections, bounds):
                 yield (*self._host_batch(sel), b - a)
@@ -106,6 +185,67 @@ class Batcher:
                 if i + 1 < len(bounds):
                     pending = pool.submit(self._host_batch, selections[i + 1])
                 yield xb, yb, b - a
+
+    def select(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
+        """Batches of the given rows: each selection a slice or a host array of row indices."""
+        if self.on_device:
+            xp = self.backend.xp
+            for sel in selections:
+                if isinstance(sel, slice):
+                    xb = take_rows(self.X, sel.start, sel.stop)
+                    yb = None if self.y is None else take_rows(self.y, sel.start, sel.stop)
+                else:
+                    idx = self.backend.asarray(sel)
+                    xb = xp.take(self.X, idx, axis=0)
+                    yb = None if self.y is None else xp.take(self.y, idx, axis=0)
+                yield xb, yb, int(xb.shape[0])
+            return
+        if self.dask:
+            yield from self._dask_batches(selections)
+            return
+        if not self.prefetch:
+            for sel in selections:
+                xb, yb = self._host_batch(sel)
+                yield xb, yb, int(xb.shape[0])
+            return
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._host_batch, selections[0]) if selections else None
+            for i in range(len(selections)):
+                xb, yb = pending.result()
+                if i + 1 < len(selections):
+                    pending = pool.submit(self._host_batch, selections[i + 1])
+                yield xb, yb, int(xb.shape[0])
+
+    def _dask_batches(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
+        """Batches of a Dask matrix, computed a window of about one chunk's rows at a time
+        (one ``compute`` per window), the next window while the current one trains."""
+        rows = [np.arange(s.start, s.stop) if isinstance(s, slice) else np.asarray(s) for s in selections]
+        window_rows = max(self.X.chunks[0])
+        windows: list[list[np.ndarray]] = [[]]
+        filled = 0
+        for r in rows:
+            if filled >= window_rows:
+                windows.append([])
+                filled = 0
+            windows[-1].append(r)
+            filled += r.size
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(self._dask_window, windows[0])
+            for i in range(len(windows)):
+                ready = pending.result()
+                if i + 1 < len(windows):
+                    pending = pool.submit(self._dask_window, windows[i + 1])
+                yield from ready
+
+    def _dask_window(self, window: list[np.ndarray]) -> list[tuple[Any, Any, int]]:
+        host = _dask_rows(self.X, np.concatenate(window))
+        out, start = [], 0
+        for r in window:
+            xb = self.backend.asarray(host[start : start + r.size], self.dtype)
+            yb = None if self.y is None else self.backend.asarray(self.y[r], self.y_dtype)
+            out.append((xb, yb, r.size))
+            start += r.size
+        return out
 
     def _device_batches(self, order: np.ndarray | None, bounds: list[tuple[int, int]]) -> Iterator[tuple[Any, Any, int]]:
         xp = self.backend.xp

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np  # host side only: shuffling orders, seeds and gradient_check's perturbations
 
 from ._checks import as_input, count, host_array, positive_number
-from .backend import host_rng, to_numpy
+from .backend import dtype_name, host_rng, to_numpy
 from .callbacks import Callback
-from .data import Batcher, feature_matrix, take_rows
+from .data import Batcher, feature_matrix, is_dask, map_rows, take_rows
+from .distributed import data_parallel as _data_parallel
 from .layers import Module, Sigmoid, Softmax
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
@@ -235,6 +236,7 @@ def fit(
     check_finite: bool = True,
     on_nonfinite: str | None = "raise",
     jit: bool = False,
+    distributed: Any = False,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
@@ -259,7 +261,10 @@ def fit(
     rounding. Ctrl-C or SIGTERM stops
     training at the end of the current step; callbacks get ``on_interrupt``
     (a :class:`ModelCheckpoint` writes a final checkpoint), then the signal is
-    handed back (Ctrl-C raises ``KeyboardInterrupt``).
+    handed back (Ctrl-C raises ``KeyboardInterrupt``). ``distributed=True``
+    (or a :class:`~portnn.distributed.DataParallel`) trains data-parallel over MPI
+    under ``mpiexec``, each rank computing its share of every batch; see
+    :mod:`portnn.distributed`.
     Returns a :class:`History`.
     """
     _check_model(model)
@@ -294,6 +299,7 @@ def fit(
             f"jit=True compiles the step with jax.jit and needs the model on the 'jax' backend, "
             f"not {str(model.backend)!r}; move it with model.to('jax')"
         )
+    dist = _data_parallel(distributed, jit=jit)
 
     backend = model.backend
     xp = backend.xp
@@ -333,7 +339,10 @@ def fit(
                 f"{type(cb).__name__} monitors {missing[0]!r}, which fit will not log "
                 f"(logged: {', '.join(sorted(logged))}); pass validation data or metrics, or monitor another key"
             )
-    progress = Progress(verbose, epochs, n)
+    progress = Progress(verbose if dist is None else dist.verbose(verbose), epochs, n)
+    if dist is not None:
+        dist.agree(model, n_samples=n, n_features=int(X.shape[1]), batch_size=batch_size, epochs=epochs,
+                   initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, validation=validation is not None)
 
     # everything is valid: from here on the model may change; if fit fails before its
     # first step, these are put back
@@ -360,6 +369,8 @@ def fit(
     compiled = _compiled_step(model, loss_obj, opt, penalized, check) if jit else None
     with deferred_signals() as interrupt:
         try:
+            if dist is not None:
+                base_seed, callback_objs = dist.start(model, base_seed, callback_objs)
             for cb in callback_objs:
                 cb.on_train_begin(logs)
             for epoch in range(initial_epoch, epochs):
@@ -371,12 +382,17 @@ def fit(
                 order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
                 total: Any = 0.0
                 seen = skipped = 0
-                for step, (xb, yb, nb) in enumerate(batcher.batches(order, batch_size)):
+                batches = batcher.batches(order, batch_size) if dist is None else dist.batches(batcher, order, batch_size)
+                for step, (xb, yb, nb) in enumerate(batches):
                     if compiled is not None:
                         value, pred, finite = compiled(xb, yb)  # applied unless not finite
                     else:
                         buffers = model.buffers() if has_buffers and check else None
-                        value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
+                        if dist is None:
+                            value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
+                        else:  # this rank's share, then averaged over all ranks
+                            step_fn = lambda: _value_and_grad(model, loss_obj, xb, yb, penalized)  # noqa: E731
+                            value, grads, pred = dist.value_and_grad(step_fn, model, xb, interrupt)
                         finite = _all_finite(value, grads, xp) if check else None
                         if finite is False and buffers:
                             model.load_buffers(buffers)  # undo this batch's running statistics
@@ -400,6 +416,8 @@ def fit(
                     progress.advance(nb, lambda: {"loss": float(total) / max(seen, 1)})
                 if interrupt.received:
                     break
+                if dist is not None:
+                    dist.end_epoch(model, metric_objs)
                 logs = {"loss": float(total) / seen if seen else math.nan}
                 logs.update(_results(metric_objs) if seen else {})
                 if validation is not None:
@@ -426,6 +444,8 @@ def fit(
             model.train(was_training)
             if compiled is not None:
                 compiled.finish()
+            if dist is not None:
+                dist.finish(interrupt)
         if interrupt.received:
             for cb in callback_objs:
                 cb.on_interrupt(logs)
@@ -530,11 +550,14 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
     """Outputs of ``model`` for ``X`` (2-D batch, or 1-D single sample) in inference mode.
 
     Returns an array of the model's backend; host data is moved batch by batch.
+    A 2-D Dask array gives a Dask array, computed block by block on the workers.
     """
     _check_model(model)
     batch_size = count("batch_size", batch_size, allow_none=True)
     backend = model.backend
     dtype = _model_dtype(model)
+    if _ndim(X) == 2 and is_dask(X) and backend != "dask":
+        return _over_dask(model, X, lambda m, b: predict(m, b, batch_size, check_finite))
     if _ndim(X) == 1:
         x = as_input(backend, "X", X, dtype, finite=check_finite)
         return model._forward(x[None, :], False)[0][0, ...]
@@ -552,6 +575,8 @@ def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
     (several outputs) or sigmoid (one output) of its scores."""
     from . import functional as F
 
+    if _ndim(X) == 2 and is_dask(X) and model.backend != "dask":
+        return _over_dask(model, X, lambda m, b: predict_proba(m, b, batch_size))
     out = predict(model, X, batch_size=batch_size)
     if isinstance(_last_layer(model), Sigmoid | Softmax):
         return out
@@ -565,10 +590,21 @@ def predict_classes(model: Module, X: Any, batch_size: int | None = None) -> Any
     """Predicted class labels (integers of the model's backend)."""
     from .metrics import predicted_labels
 
+    if _ndim(X) == 2 and is_dask(X) and model.backend != "dask":
+        return _over_dask(model, X, lambda m, b: predict_classes(m, b, batch_size))
     out = predict(model, X, batch_size=batch_size)
     single = out.ndim == 1
     labels = predicted_labels(out[None, :] if single else out, model.xp, _outputs_are_logits(model, getattr(model, "loss", None)))
     return labels[0] if single else labels
+
+
+def _over_dask(model: Module, X: Any, fn: Any) -> Any:
+    """``fn(model, block)`` for every row block of a Dask ``X``, on the workers: a Dask array (NumPy blocks)."""
+    _check_model(model)
+    dtype = _model_dtype(model)
+    X = feature_matrix(model.backend, "X", X, dtype, finite=False)  # values are checked block by block
+    probe = to_numpy(fn(model, np.zeros((1, int(X.shape[1])), dtype_name(dtype))))  # output width and dtype
+    return map_rows(X, lambda block: to_numpy(fn(model, block)), probe.shape[1] if probe.ndim == 2 else None, probe.dtype)
 
 
 def _ndim(X: Any) -> int:
