@@ -20,6 +20,7 @@ import contextlib
 import csv
 import importlib.metadata
 import importlib.util
+import io
 import os
 import re
 import sys
@@ -227,6 +228,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="1: a progress bar on a terminal, else a line per epoch (default); "
         "2: a line per epoch; 0: only the results",
+    )
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training over MPI, launched as `mpiexec -n 4 portnn train "
+        "--distributed ...` (needs portnn[mpi]); only rank 0 prints and saves",
     )
     threads_option(train)
 
@@ -554,6 +561,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     # everything that can be checked is checked before the data is loaded and the model trained
     backend = get_backend()
+    root = _distributed_root(args.distributed)
     lookup("activation", args.activation, ACTIVATIONS)
     optimizer = _optimizer(args.optimizer, args.lr)
     if args.plot:
@@ -601,19 +609,36 @@ def cmd_train(args: argparse.Namespace) -> int:
         verbose=args.verbose,
         validation_data=(X_test, y_test),
         metrics=["accuracy"],
+        distributed=args.distributed,
     )
     seconds = time.perf_counter() - start
     loss, accuracy = _scores(model, X_test, y_test)
     print(f"trained {args.epochs} epochs in {seconds:.2f}s")
     print(f"test loss: {loss:.4f}")
     print(f"test accuracy: {accuracy:.4f}")
-    if args.out:
+    if args.out and root:
         model.save(args.out)
         print(f"saved model to {args.out}")
-    if args.plot:
+    if args.plot and root:
         _write_plot(args.plot, model, history, X_train, y_train)
         print(f"saved plot to {args.plot}")
     return 0
+
+
+def _distributed_root(distributed: bool) -> bool:
+    """Whether this process reports and saves: with --distributed, only MPI rank 0 does."""
+    if not distributed:
+        return True
+    from .distributed import _mpi, rank
+
+    try:
+        _mpi()
+    except ImportError as e:
+        raise CommandError(str(e)) from None
+    if rank() != 0:
+        sys.stdout = io.StringIO()  # the other ranks train silently
+        return False
+    return True
 
 
 def _write_plot(path: str, model: Any, history: Any, X: np.ndarray, y: np.ndarray) -> None:
