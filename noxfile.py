@@ -3,6 +3,7 @@
     nox -s tests                      # every backend (the CuPy one skips without a CUDA device)
     nox -s "tests(backend='numpy')"   # one backend
     nox -s docs                       # the documentation, warnings as errors
+    nox -s mpi                        # mpiexec -n 2 data-parallel training, Dask datasets
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "docs"]
+nox.options.sessions = ["tests", "mpi", "docs"]
 
 # torch==2.13.0 is the CPU build these machines hold on local disk; an unpinned
 # "torch" would download a multi-GB CUDA build.
@@ -46,6 +47,20 @@ def tests(session: nox.Session, backend: str) -> None:
         "pytest",
         *session.posargs,
         env={"PORTNN_BACKEND": backend, **BACKEND_ENV.get(backend, {})},
+    )
+
+
+@nox.session
+def mpi(session: nox.Session) -> None:
+    """Data-parallel training under ``mpiexec -n 2`` (MPICH and mpi4py from their wheels)
+    and datasets in a Dask LocalCluster, on NumPy."""
+    session.install("-e", ".[test,mpi,dask]")
+    session.run(
+        "pytest",
+        "tests/test_distributed.py",
+        "tests/test_dask.py",
+        *session.posargs,
+        env={"PORTNN_BACKEND": "numpy"},
     )
 
 
