@@ -39,10 +39,10 @@ and shows progress.
 Failures never hang the job: every collective is nonblocking and polled with
 a deadline (``timeout`` seconds, default 300). A rank whose ``fit`` raises tells
 the other ranks before it re-raises, and they stop at their next collective
-with a :class:`DistributedError` naming that rank and its error. A rank that
+with a :class:`~portnn.DistributedError` naming that rank and its error. A rank that
 dies or stalls makes the others fail with the same error when the deadline
 passes (``mpiexec`` itself also ends the job when a process dies). Once a
-:class:`DataParallel` exists in a process of a multi-process job, an uncaught
+:class:`~portnn.DataParallel` exists in a process of a multi-process job, an uncaught
 exception ends the whole job with ``MPI_Abort`` after printing its traceback
 (as ``python -m mpi4py`` does), so no rank is left waiting for a dead one.
 Checkpoints are written atomically, so the last one stays valid.
@@ -152,7 +152,7 @@ class DataParallel:
     :param comm: the mpi4py communicator whose ranks train together (default
         ``MPI.COMM_WORLD``).
     :param timeout: seconds a rank waits for the others at a collective before it
-        raises :class:`DistributedError`; allow for the slowest rank's step (the
+        raises :class:`~portnn.DistributedError`; allow for the slowest rank's step (the
         first one included) and for its validation and checkpoints.
     :param nccl: sum CuPy gradients with NCCL where every rank can (else MPI on host
         buffers); ``False`` always uses MPI.
@@ -593,7 +593,7 @@ class _NcclReducer:
 
 
 def data_parallel(distributed: Any, *, jit: bool = False) -> DataParallel | None:
-    """``fit``'s ``distributed`` argument checked: None for False, else a :class:`DataParallel`."""
+    """``fit``'s ``distributed`` argument checked: None for False, else a :class:`~portnn.DataParallel`."""
     if distributed is False:
         return None
     if distributed is True:

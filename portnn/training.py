@@ -262,7 +262,7 @@ def fit(
     training at the end of the current step; callbacks get ``on_interrupt``
     (a :class:`ModelCheckpoint` writes a final checkpoint), then the signal is
     handed back (Ctrl-C raises ``KeyboardInterrupt``). ``distributed=True``
-    (or a :class:`~portnn.distributed.DataParallel`) trains data-parallel over MPI
+    (or a :class:`~portnn.DataParallel`) trains data-parallel over MPI
     under ``mpiexec``, each rank computing its share of every batch; see
     :mod:`portnn.distributed`.
     Returns a :class:`History`.
