@@ -61,11 +61,13 @@ def scenario_ok():
     X, y = data()
     Xv, yv = data(30, seed=1)
     # (batch size, optimizer, dropout, l2): divisible and not by 2 ranks, a batch of 3
-    # split 1 + 2, the full batch; each rank starts from other weights (broadcast)
+    # split 1 + 2, a last batch of one row (nothing for rank 0 to compute), the full
+    # batch; each rank starts from other weights (broadcast)
     configs = {
         "sgd16": (16, lambda: pn.SGD(lr=0.1, momentum=0.9), 0.0, 0.0),
         "adam17_dropout_l2": (17, lambda: pn.Adam(lr=0.01), 0.3, 1e-3),
         "adam3": (3, lambda: pn.Adam(lr=0.01), 0.0, 0.0),
+        "sgd4_dropout_empty_share": (4, lambda: pn.SGD(lr=0.1), 0.2, 0.0),  # last batch: 1 row, rank 0 none
         "full": (None, lambda: pn.RMSProp(lr=0.01), 0.0, 0.0),
     }
     results["equal"] = {}
