@@ -172,6 +172,7 @@ class DataParallel:
         self.rank = comm.Get_rank()
         self.size = comm.Get_size()
         self._MPI = MPI
+        self._outer: BaseException | None = None
         if self.size > 1:
             _abort_on_uncaught_exception(MPI)
         self._comm: Any = None  # this fit's duplicate of comm (its own message space)
@@ -310,6 +311,8 @@ class DataParallel:
         from .regularization import Dropout
 
         MPI = self._MPI
+        # an exception the caller is handling while it calls fit is not a failure of fit
+        self._outer = sys.exc_info()[1]
         comm, request = self.comm.Idup()
         self._wait_request(request, "setting up the communicator")
         self._comm = comm
@@ -437,6 +440,9 @@ class DataParallel:
     def finish(self, interrupt: Any) -> None:
         """End of ``fit`` (normal or not): tell the others if this rank failed; clean up."""
         exc = sys.exc_info()[1]
+        if exc is self._outer:
+            exc = None
+        self._outer = None
         if exc is not None and not _shared_failure(exc):
             self._alarm_others(exc)
         for m in self._dropouts:
@@ -450,7 +456,7 @@ class DataParallel:
             request.Wait()
             self._alarm = None
         if self._reducer is not None:
-            self._reducer.close()
+            self._reducer.close(failed=exc is not None)
             self._reducer = None
         if self._comm is not None:
             if exc is None:
@@ -517,7 +523,7 @@ class _HostReducer:
         value = backend.asarray(buf[self.total])
         return value, out, (float(buf[self.total + 1]), float(buf[self.total + 2]))
 
-    def close(self) -> None:
+    def close(self, failed: bool) -> None:
         pass
 
 
@@ -585,8 +591,8 @@ class _NcclReducer:
         tail = buf[self.total + 1 :].get()
         return buf[self.total], out, (float(tail[0]), float(tail[1]))
 
-    def close(self) -> None:
-        if sys.exc_info()[1] is not None:
+    def close(self, failed: bool) -> None:
+        if failed:
             self.comm.abort()  # a collective may be pending
         else:
             self.comm.destroy()
