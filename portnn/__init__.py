@@ -16,6 +16,7 @@ from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCal
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
 from .io import load, save
 from .distributed import DataParallel, DistributedError
+from .export import ExportError, export_onnx
 
 __version__ = "0.1.0"
 

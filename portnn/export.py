@@ -1,0 +1,346 @@
+"""ONNX export: a model's portable forward pass, traced into an ONNX graph.
+
+portnn's layers compute only with an Array API namespace, so no layer needs
+ONNX code of its own: :func:`export_onnx` runs the model's ordinary inference
+forward pass on `ndonnx <https://ndonnx.readthedocs.io>`_ arrays, whose
+operations record an ONNX graph instead of computing, and writes that graph.
+
+The input is an ndonnx *argument* of shape ``(batch_dim, features)`` with a
+symbolic first dimension, so one exported file takes any number of rows. The
+parameters and buffers (e.g. BatchNorm's running statistics) become constants
+of the graph. The model runs in inference mode: dropout is the identity and
+batch normalization uses its running statistics, exactly as in
+:meth:`~portnn.layers.Module.predict`.
+
+ndonnx (and onnxruntime, to run the file) are optional: ``pip install
+"portnn[onnx]"``. portnn imports without them.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import re
+from typing import Any
+
+from .backend import Backend, dtype_name, to_numpy
+from .layers import Module, Sequential
+
+__all__ = ["ExportError", "export_onnx"]
+
+_INSTALL = 'pip install "portnn[onnx]"'
+_BATCH_DIM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_DTYPES = ("float16", "float32", "float64")
+# portnn's own layers whose output has as many features as their input
+_SHAPE_PRESERVING_MODULES = ("portnn.layers", "portnn.regularization")
+
+
+class ExportError(ValueError):
+    """A model (or one of its layers) cannot be exported; the message names the layer."""
+
+
+def export_onnx(
+    model: Module,
+    path: str | os.PathLike[str],
+    batch_dim: str = "N",
+    *,
+    in_features: int | None = None,
+    dtype: Any = None,
+    input_name: str = "input",
+    output_name: str = "output",
+) -> None:
+    """Write ``model``'s inference forward pass to ``path`` as an ONNX model.
+
+    The forward pass is traced with ndonnx: the model runs on an ndonnx input
+    of shape ``(batch_dim, in_features)`` whose first dimension is symbolic,
+    with its parameters and buffers copied in as constants, and every
+    operation it performs becomes a node of the graph. The model itself is not
+    changed (a copy is traced), and it may live on any backend: its arrays are
+    read through :func:`~portnn.to_numpy`.
+
+    The exported graph computes what :meth:`~portnn.layers.Module.predict`
+    computes, in inference mode (dropout off, batch normalization with its
+    running statistics), for a 2-D batch of any number of rows. Run it with
+    onnxruntime::
+
+        import onnxruntime as ort
+        session = ort.InferenceSession("model.onnx")
+        (y,) = session.run(None, {"input": X})   # X: (n, in_features), the model's dtype
+
+    The file is written to a temporary file in the same directory and renamed
+    onto ``path``, so a failed export leaves any previous file intact.
+
+    :param model: a :class:`~portnn.layers.Module` (typically a
+        :class:`~portnn.layers.Sequential`).
+    :param path: the file to write (``str`` or ``os.PathLike``), by convention
+        ending in ``.onnx``. Its directory must exist.
+    :param batch_dim: the name of the symbolic batch dimension (of the input
+        and of the output), a Python-style identifier.
+    :param in_features: the number of input features. By default it is read
+        from the model's first Dense, BatchNorm or LayerNorm; it is needed only
+        for models that start with a layer whose width portnn cannot tell (a
+        model of activations alone, or a custom layer).
+    :param dtype: the dtype of the graph's input, ``"float32"``, ``"float64"``
+        or ``"float16"``. By default the dtype the model computes in: that of
+        its parameters, float32 for a model without parameters. Another dtype
+        is cast to that one on the way in, as :meth:`~portnn.layers.Module.predict`
+        casts its input; the output keeps the model's dtype.
+    :param input_name: the name of the graph's input.
+    :param output_name: the name of the graph's output.
+    :raises TypeError: if ``model`` is not a Module or an argument has the
+        wrong type.
+    :raises ValueError: for a bad ``batch_dim``, ``in_features``, ``dtype`` or
+        name.
+    :raises OSError: if ``path`` cannot be written (its directory is missing or
+        read-only, or ``path`` is a directory); checked before anything is
+        traced or written.
+    :raises ExportError: if a layer cannot be traced (it reads array values on
+        the host, converts to NumPy, or uses something ndonnx lacks); the
+        message names the layer.
+    :raises ImportError: if ndonnx is not installed (``pip install "portnn[onnx]"``).
+    """
+    from .io import _atomic_write, _file_name
+
+    if not isinstance(model, Module):
+        raise TypeError(f"export_onnx() takes a portnn Module, got {type(model).__name__}")
+    path = _file_name(path)
+    batch_dim = _check_batch_dim(batch_dim)
+    input_name = _check_name("input_name", input_name)
+    output_name = _check_name("output_name", output_name)
+    if input_name == output_name:
+        raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
+    width = _check_in_features(model, in_features)
+    compute = model.compute_dtype()
+    model_dtype = dtype_name(compute) if compute is not None else "float32"  # as predict computes
+    input_dtype = _check_dtype(dtype, model_dtype)
+    _check_writable(path)
+
+    ndx = _ndonnx()
+    proto = _trace(ndx, model, width, batch_dim, input_dtype, model_dtype, input_name, output_name)
+    try:
+        data = proto.SerializeToString()
+    except ValueError as e:  # protobuf's 2 GB limit
+        raise ExportError(
+            f"the ONNX model is too large to write as one file ({e}); "
+            "ONNX files hold at most 2 GB"
+        ) from None
+    _atomic_write(path, lambda: data)
+
+
+# ---------------------------------------------------------------- arguments
+
+
+def _ndonnx() -> Any:
+    try:
+        import ndonnx
+    except ImportError as e:
+        raise ImportError(
+            f"ONNX export needs ndonnx (and onnxruntime to run the exported file): {_INSTALL} "
+            f"({e})"
+        ) from e
+    return ndonnx
+
+
+def _check_batch_dim(batch_dim: Any) -> str:
+    if not isinstance(batch_dim, str):
+        raise TypeError(
+            f"batch_dim must be the name of the batch dimension, such as 'N'; "
+            f"got {type(batch_dim).__name__}"
+        )
+    if not _BATCH_DIM.match(batch_dim):
+        raise ValueError(
+            "batch_dim must be a name of letters, digits and underscores that does not start "
+            f"with a digit, such as 'N' or 'batch'; got {batch_dim!r}"
+        )
+    return batch_dim
+
+
+def _check_name(argument: str, name: Any) -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a str, got {type(name).__name__}")
+    if not name.strip():
+        raise ValueError(f"{argument} must not be empty")
+    return name
+
+
+def _check_in_features(model: Module, in_features: Any) -> int:
+    known = _model_width(model)
+    if in_features is None:
+        if known is None:
+            raise ValueError(
+                f"cannot tell how many input features {type(model).__name__} takes "
+                "(it does not start with a Dense, BatchNorm or LayerNorm); pass in_features="
+            )
+        return known
+    if isinstance(in_features, bool) or not isinstance(in_features, int):
+        raise TypeError(f"in_features must be an integer, got {type(in_features).__name__}")
+    if in_features < 1:
+        raise ValueError(f"in_features must be >= 1, got {in_features!r}")
+    if known is not None and in_features != known:
+        raise ValueError(f"in_features={in_features} but the model takes {known} input features")
+    return int(in_features)
+
+
+def _model_width(model: Module) -> int | None:
+    """The input width of the first layer that has one, if only shape-preserving layers
+    precede it (None otherwise)."""
+    for layer in _layers_in_order(model):
+        for attr in ("in_features", "features"):
+            value = getattr(layer, attr, None)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        if type(layer).__module__ not in _SHAPE_PRESERVING_MODULES:
+            return None  # a custom layer: its output width is unknown
+    return None
+
+
+def _layers_in_order(model: Module) -> Any:
+    if isinstance(model, Sequential):
+        for layer in model.layers:
+            yield from _layers_in_order(layer)
+    else:
+        yield model
+
+
+def _check_dtype(dtype: Any, model_dtype: str) -> str:
+    if dtype is None:
+        return model_dtype
+    try:
+        name = dtype_name(dtype)
+    except Exception:  # noqa: BLE001 -- any unreadable dtype is reported the same way
+        name = repr(dtype)
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}; got {name!r}")
+    return name
+
+
+def _check_writable(path: str) -> None:
+    """Fail before tracing if ``path`` cannot be written (nothing is created here)."""
+    if not os.path.basename(path) or os.path.isdir(path):
+        raise IsADirectoryError(f"cannot export to {path!r}: it is a directory, not a file name")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.exists(directory):
+        raise FileNotFoundError(f"cannot export to {path!r}: no such directory {directory!r}")
+    if not os.path.isdir(directory):
+        raise NotADirectoryError(f"cannot export to {path!r}: {directory!r} is not a directory")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot export to {path!r}: directory {directory!r} is not writable")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise PermissionError(f"cannot export to {path!r}: the file is read-only")
+
+
+# ---------------------------------------------------------------- tracing
+
+
+def _trace(
+    ndx: Any,
+    model: Module,
+    width: int,
+    batch_dim: str,
+    input_dtype: str,
+    model_dtype: str,
+    input_name: str,
+    output_name: str,
+) -> Any:
+    from . import __version__
+
+    traced = _traceable_copy(ndx, model)
+    x = ndx.argument(shape=(batch_dim, width), dtype=getattr(ndx, input_dtype))
+    h = x
+    if model_dtype != input_dtype:
+        h = ndx.astype(h, getattr(ndx, model_dtype))  # as predict casts its input
+    # the model's inference forward pass, as model(x) runs it in eval mode on a 2-D batch
+    y = traced._infer(h)
+    if not isinstance(y, ndx.Array):
+        raise ExportError(
+            f"{_label('', model)} returned {type(y).__name__}, not a traced array; "
+            "it cannot be exported"
+        )
+    try:
+        proto = ndx.build({input_name: x}, {output_name: y})
+    except Exception as e:  # noqa: BLE001 -- reported with what was being exported
+        raise ExportError(f"could not build the ONNX graph of {_label('', model)}: {e}") from e
+
+    out_shape = proto.graph.output[0].type.tensor_type.shape
+    first = out_shape.dim[0] if out_shape.dim else None
+    if first is not None and not first.dim_param and not first.HasField("dim_value"):
+        # a layer maps each row to a row (Module.__call__ relies on it): the output's first
+        # axis is the input's batch dimension, which ONNX's shape inference lost on the way
+        first.dim_param = batch_dim
+    proto.producer_name = "portnn"
+    proto.producer_version = __version__
+    proto.graph.name = type(model).__name__
+    proto.doc_string = f"exported by portnn {__version__} with ndonnx:\n{model!r}"
+    return proto
+
+
+def _traceable_copy(ndx: Any, model: Module) -> Module:
+    """A copy of ``model`` in inference mode whose arrays are ndonnx constants.
+
+    Every module computes with the ndonnx namespace, and every module's forward
+    is wrapped so that a failure names the layer it happened in.
+    """
+    # what fit attaches (the optimizer's state may be as large as the model) is not copied
+    memo: dict[int, Any] = {}
+    for attr in ("optimizer_state", "optimizer", "loss", "history"):
+        value = model.__dict__.get(attr)
+        if value is not None:
+            memo[id(value)] = None
+    try:
+        clone = copy.deepcopy(model, memo)
+    except Exception as e:  # noqa: BLE001 -- e.g. an attribute that cannot be copied
+        raise ExportError(f"cannot copy {_label('', model)} to trace it: {e}") from e
+    backend = Backend("ndonnx", ndx)
+    for prefix, module in clone.named_modules():
+        label = _label(prefix, module)
+        module.training = False
+        module._backend = backend
+        module._grads = {}
+        module._backward = None
+        module._params = {k: _constant(ndx, v, label, k) for k, v in module._params.items()}
+        module._buffers = {k: _constant(ndx, v, label, k) for k, v in module._buffers.items()}
+        module._infer = _named(ndx, module._infer, label, pair=False)
+        module._forward = _named(ndx, module._forward, label, pair=True)
+    return clone
+
+
+def _constant(ndx: Any, value: Any, label: str, key: str) -> Any:
+    try:
+        return ndx.asarray(to_numpy(value))
+    except Exception as e:  # noqa: BLE001
+        raise ExportError(f"{label}: cannot copy {key!r} into the ONNX graph: {e}") from e
+
+
+def _label(prefix: str, module: Module) -> str:
+    kind = type(module).__name__
+    where = prefix.rstrip(".")
+    return f"layer {where} ({kind})" if where else f"the model ({kind})"
+
+
+def _named(ndx: Any, method: Any, label: str, *, pair: bool) -> Any:
+    """``method`` with its failures turned into an ExportError naming the layer."""
+
+    @functools.wraps(method)
+    def traced(x: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            result = method(x, *args, **kwargs)
+        except ExportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- any failure in the layer is reported as its own
+            raise ExportError(
+                f"{label} cannot be exported to ONNX: its forward pass failed under ndonnx "
+                f"({type(e).__name__}: {e}). An exportable layer computes with its Array API "
+                "namespace (self.xp) only, without reading array values on the host "
+                "(bool(), float(), .item(), conversion to NumPy)"
+            ) from e
+        y = result[0] if pair and isinstance(result, tuple) else result
+        if not isinstance(y, ndx.Array):
+            raise ExportError(
+                f"{label} cannot be exported to ONNX: its forward pass returned "
+                f"{type(y).__name__}, not an array of its namespace (self.xp); "
+                "it must not convert to NumPy or another library"
+            )
+        return result
+
+    return traced
