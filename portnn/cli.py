@@ -6,6 +6,7 @@
     portnn train --dataset digits --out digits.safetensors
     portnn evaluate digits.safetensors --dataset digits
     portnn predict digits.safetensors --input new.csv --out predictions.csv
+    portnn export digits.safetensors digits.onnx   # needs portnn[onnx]
 
 ``train`` builds a multilayer perceptron (Dense, activation, ..., Dense) for the
 data set's classes, trains it with softmax cross-entropy, and reports the
@@ -126,7 +127,7 @@ def _column(text: str) -> str | int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``portnn`` argument parser, with subcommands info, train, evaluate and predict."""
+    """The ``portnn`` argument parser: subcommands info, train, evaluate, predict and export."""
     from . import __version__
 
     parser = _Parser(
@@ -271,6 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", metavar="PATH", help="write the predictions to this CSV file")
     predict.add_argument("--backend", default=None, help="backend to load the model on")
     threads_option(predict)
+
+    export = commands.add_parser(
+        "export",
+        help="export a saved model to ONNX",
+        description="Write a saved model's inference forward pass (dropout off, batch "
+        "normalization with its running statistics) as an ONNX file whose batch dimension "
+        "is symbolic. Needs the onnx extra: pip install \"portnn[onnx]\".",
+    )
+    export.add_argument("model", metavar="MODEL", help="a model saved by `portnn train --out`")
+    export.add_argument("out", metavar="OUT", help="the ONNX file to write (e.g. model.onnx)")
+    export.add_argument(
+        "--batch-dim",
+        default="N",
+        metavar="NAME",
+        help="name of the symbolic batch dimension (default: N)",
+    )
+    export.set_defaults(backend=None, threads=1)
     return parser
 
 
@@ -695,7 +713,30 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"info": cmd_info, "train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict}
+def cmd_export(args: argparse.Namespace) -> int:
+    from .backend import dtype_name
+    from .export import _check_batch_dim, _model_width, export_onnx
+
+    model = _load_model(args.model, "numpy")  # exporting reads the arrays on the host anyway
+    _check_batch_dim(args.batch_dim)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as train --out and predict --out
+    export_onnx(model, args.out, batch_dim=args.batch_dim)
+    dtype = model.compute_dtype()
+    shape = f"({args.batch_dim}, {_model_width(model)})"
+    print(
+        f"wrote {args.out}: input 'input' of shape {shape}, "
+        f"{dtype_name(dtype) if dtype is not None else 'float32'}; output 'output'"
+    )
+    return 0
+
+
+COMMANDS = {
+    "info": cmd_info,
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "predict": cmd_predict,
+    "export": cmd_export,
+}
 
 
 def _one_line(e: BaseException) -> str:
