@@ -34,6 +34,7 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.viewcode",
     "sphinx.ext.doctest",
+    "myst_parser",  # benchmarks.md: tables that bench/ scripts print as Markdown
 ]
 
 exclude_patterns = ["_build", "Thumbs.db", ".DS_Store"]
