@@ -176,15 +176,24 @@ class CrossEntropy(Loss):
     def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
         xp = xp or _namespace(pred)
         n = pred.shape[0]
-        if target.ndim == 1:
+        class_indices = target.ndim == 1
+        if class_indices:
             target = F.one_hot(target, pred.shape[-1], pred.dtype, xp=xp)
         elif target.dtype != pred.dtype:
             target = xp.astype(target, pred.dtype)
         if self.from_logits:
-            log_p = F.log_softmax(pred, xp=xp)
-            value = -xp.sum(target * log_p) / n
-            mass = xp.sum(target, axis=-1, keepdims=True)
-            return value, (xp.exp(log_p) * mass - target) / n
+            # log_softmax and softmax from one exp: shifted - log(s) and e / s
+            shifted = pred - xp.max(pred, axis=-1, keepdims=True)
+            e = xp.exp(shifted)
+            s = xp.sum(e, axis=-1, keepdims=True)
+            value = -xp.sum(target * (shifted - xp.log(s))) / n
+            # d/dz of -sum(t * log_softmax(z)) is softmax(z) * sum(t) - t; one-hot rows sum to 1
+            if class_indices:
+                grad = e / (n * s)
+            else:
+                grad = e * (xp.sum(target, axis=-1, keepdims=True) / (n * s))
+            grad -= target / n
+            return value, grad
         tiny = float(np.finfo(np.dtype(str(_dtype_name(pred.dtype)))).tiny)
         p = xp.maximum(pred, tiny)
         value = _nan_unless_probabilities(-xp.sum(target * xp.log(p)) / n, pred, xp)
