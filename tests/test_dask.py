@@ -2,7 +2,7 @@
 
 Runs against a small ``dask.distributed.LocalCluster`` (one worker, threads),
 so every ``compute`` goes through the distributed scheduler as it would on a
-real cluster. Skipped where dask or distributed is missing (the ``mpi`` nox
+real cluster. Skipped where dask or distributed is missing (the ``dask`` nox
 session installs both: ``portnn[dask]``).
 """
 
