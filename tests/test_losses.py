@@ -22,6 +22,7 @@ CASES = {
     "bce_logits": (lambda: pn.BinaryCrossEntropy(from_logits=True), "binary_logits"),
     "ce_indices": (lambda: pn.CrossEntropy(), "indices"),
     "ce_onehot": (lambda: pn.CrossEntropy(), "soft"),
+    "ce_unnormalized": (lambda: pn.CrossEntropy(), "unnormalized"),
     "ce_probs": (lambda: pn.CrossEntropy(from_logits=False), "probs"),
 }
 
@@ -35,6 +36,10 @@ def _case(kind, rng):
         return rng.normal(size=(6, 2)), rng.uniform(0, 1, size=(6, 2))
     if kind == "indices":
         return rng.normal(size=(6, 4)), rng.integers(0, 4, size=6)
+    if kind == "unnormalized":  # target rows summing to anything, a zero row among them
+        t = rng.uniform(size=(6, 4)) * rng.uniform(0.2, 3.0, size=(6, 1))
+        t[2] = 0.0
+        return rng.normal(size=(6, 4)), t
     if kind == "soft":
         t = rng.uniform(size=(6, 4))
         return rng.normal(size=(6, 4)), t / t.sum(axis=1, keepdims=True)
@@ -69,6 +74,7 @@ def test_value_matches_torch(case, rng, backend):
         "bce_logits": lambda: tf.binary_cross_entropy_with_logits(p, t),
         "ce_indices": lambda: tf.cross_entropy(p, t),
         "ce_onehot": lambda: tf.cross_entropy(p, t),
+        "ce_unnormalized": lambda: tf.cross_entropy(p, t),
         "ce_probs": lambda: tf.nll_loss(torch.log(p), t),
     }[case]()
     np.testing.assert_allclose(got, float(expected), rtol=1e-12)
