@@ -31,8 +31,9 @@ CONFIGS = {
     "wide": ("20,000 x 784 samples, 10 classes, MLP 784-256-256-10", [784, 256, 256, 10], 3, 1),
     "digits": ("scikit-learn's digits (1,797 x 64, scaled to [0, 1]), MLP 64-128-10", [64, 128, 10], 40, 5),
 }
-CONTENDERS = ("portnn", "sklearn", "torch")
-LABELS = {"portnn": "portnn (NumPy)", "sklearn": "scikit-learn MLPClassifier", "torch": "PyTorch (CPU)"}
+CONTENDERS = ("portnn", "sklearn", "torch", "numpy_loop")
+LABELS = {"portnn": "portnn (NumPy)", "sklearn": "scikit-learn MLPClassifier", "torch": "PyTorch (CPU)",
+          "numpy_loop": "hand-written NumPy loop (the floor)"}
 BATCH = 200
 
 
@@ -105,11 +106,65 @@ def _torch(X, y, sizes, epochs):
     return accuracy
 
 
+def _numpy_loop(X, y, sizes, epochs):
+    """The same network, loss and Adam written out in plain NumPy: what the matrix products and
+    elementwise passes cost with no library around them, the floor for portnn on NumPy."""
+    rng = np.random.default_rng(0)
+    W = [rng.uniform(-1, 1, size=(a, b)).astype(np.float32) * np.float32(np.sqrt(6 / a))
+         for a, b in zip(sizes[:-1], sizes[1:])]
+    B = [np.zeros(b, np.float32) for b in sizes[1:]]
+    params = W + B
+    m = [np.zeros_like(p) for p in params]
+    v = [np.zeros_like(p) for p in params]
+    beta1, beta2, lr, eps = 0.9, 0.999, 1e-3, 1e-8
+    classes = np.arange(sizes[-1])
+    step = 0
+    for epoch in range(epochs):
+        order = rng.permutation(len(X))
+        for s in range(0, len(X), BATCH):
+            idx = order[s : s + BATCH]
+            xb, yb = X[idx], y[idx]
+            acts, pre = [xb], []
+            for i, (w, b) in enumerate(zip(W, B)):
+                z = acts[-1] @ w
+                z += b
+                pre.append(z)
+                acts.append(np.maximum(z, 0) if i < len(W) - 1 else z)
+            z = acts[-1]
+            e = np.exp(z - z.max(axis=1, keepdims=True))
+            dz = e / (len(xb) * e.sum(axis=1, keepdims=True))
+            dz -= (yb[:, None] == classes) / np.float32(len(xb))
+            gw, gb = [None] * len(W), [None] * len(W)
+            for i in range(len(W) - 1, -1, -1):
+                gw[i], gb[i] = acts[i].T @ dz, dz.sum(axis=0)
+                if i:
+                    dz = (dz @ W[i].T) * (pre[i - 1] > 0)
+            step += 1
+            root_bc2 = (1 - beta2**step) ** 0.5
+            for p, g, mi, vi in zip(params, gw + gb, m, v):
+                mi *= beta1
+                mi += (1 - beta1) * g
+                vi *= beta2
+                vi += (1 - beta2) * g * g
+                denom = np.sqrt(vi)
+                denom += eps * root_bc2
+                p -= (lr * root_bc2 / (1 - beta1**step)) * mi / denom
+
+    def accuracy():
+        h = X
+        for i, (w, b) in enumerate(zip(W, B)):
+            h = h @ w + b
+            h = np.maximum(h, 0) if i < len(W) - 1 else h
+        return float(np.mean(h.argmax(axis=1) == y))
+
+    return accuracy
+
+
 def run_contender(contender: str, config: str, epochs: int, repeats: int) -> dict:
     """One contender on one configuration, in this process: seconds per epoch, accuracy, peak RSS."""
     X, y = _data(config)
     sizes = CONFIGS[config][1]
-    train = {"portnn": _portnn, "sklearn": _sklearn, "torch": _torch}[contender]
+    train = {"portnn": _portnn, "sklearn": _sklearn, "torch": _torch, "numpy_loop": _numpy_loop}[contender]
     train(X[: 4 * BATCH], y[: 4 * BATCH], sizes, 1)  # warm-up: imports, thread pools, allocator
     times, accuracy = [], None
     for _ in range(repeats):
