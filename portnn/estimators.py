@@ -1,0 +1,1029 @@
+"""scikit-learn estimators: :class:`MLPClassifier` and :class:`MLPRegressor` on any backend.
+
+They take scikit-learn's parameters (those of
+:class:`sklearn.neural_network.MLPClassifier` and ``MLPRegressor``, with the
+same names and meanings), build a :class:`~portnn.Sequential` of
+:class:`~portnn.Dense` layers and train it with :func:`portnn.fit`. So they work
+in a ``Pipeline``, ``GridSearchCV`` or ``cross_val_score`` like any other
+estimator, and pass scikit-learn's estimator checks; beside the usual fitted
+attributes they expose the trained model as ``model_``.
+
+With ``sklearn.config_context(array_api_dispatch=True)`` they train on the array
+library of the input (PyTorch tensors, CuPy, ``array_api_strict``) and return
+that library's arrays; ``backend=`` trains elsewhere (``backend="cupy"`` trains
+NumPy data on the GPU) and still answers in the input's library.
+
+This module needs scikit-learn (``pip install "portnn[sklearn]"``). ``import
+portnn`` does not import it: ``portnn.MLPClassifier`` imports this module on
+first use.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import pickle
+import warnings
+from typing import Any
+
+import numpy as np
+
+try:
+    import sklearn
+    from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.metrics import accuracy_score, r2_score
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import LabelBinarizer
+    from sklearn.utils import check_random_state
+    from sklearn.utils._param_validation import Interval, Options, StrOptions
+    from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
+    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+except ImportError as e:  # scikit-learn missing, or older than 1.6 (no validate_data)
+    raise ImportError(
+        "portnn.MLPClassifier and portnn.MLPRegressor need scikit-learn >= 1.6: "
+        'pip install "portnn[sklearn]"'
+    ) from e
+
+import array_api_compat
+
+from . import functional as F
+from .backend import (
+    Backend,
+    BackendError,
+    _has_float64,
+    _library_name,
+    _make_backend,
+    backend_of,
+    dtype_name,
+    to_numpy,
+    use_backend,
+)
+from .callbacks import Callback, restore, snapshot
+from .layers import Dense, Identity, Module, ReLU, Sequential, Sigmoid, Tanh
+from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
+from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer
+from .regularization import BatchNorm, Dropout
+from .training import TrainingDivergedError
+from .training import fit as _train
+from .training import predict as _outputs
+
+__all__ = [
+    "BinaryLogLoss",
+    "HalfPoissonDeviance",
+    "HalfSquaredError",
+    "MLPClassifier",
+    "MLPRegressor",
+]
+
+_ACTIVATIONS: dict[str, type[Module]] = {
+    "identity": Identity,
+    "logistic": Sigmoid,
+    "tanh": Tanh,
+    "relu": ReLU,
+}
+
+
+# ---------------------------------------------------------------- scikit-learn's losses
+#
+# Multi-class (softmax) log loss is portnn's CrossEntropy and binary log loss
+# with one output its BinaryCrossEntropy. The rest differ from portnn's means
+# over all elements: scikit-learn sums over the outputs and averages over the
+# samples, and its squared and Poisson losses are halved.
+
+
+class HalfSquaredError(MSELoss):
+    """scikit-learn's squared loss: half the mean squared error, ``mean((pred - target) ** 2) / 2``.
+
+    The gradient is scikit-learn's, ``(pred - target) / n_samples``: with
+    several outputs that is the gradient of the sum over the outputs, not of
+    their mean, exactly as scikit-learn's MLP steps.
+    """
+
+    name = "half_squared_error"
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        xp = xp or array_api_compat.array_namespace(pred)
+        d = pred - target
+        size = 1
+        for s in d.shape:
+            size *= s
+        return xp.sum(d * d) / (2 * size), d / pred.shape[0]
+
+
+class BinaryLogLoss(BinaryCrossEntropy):
+    """Log loss of independent sigmoid outputs (multi-label), summed over the labels and
+    averaged over the samples: scikit-learn's ``binary_log_loss``.
+
+    Takes raw scores (``from_logits=True``); with one output it equals
+    :class:`~portnn.BinaryCrossEntropy`.
+    """
+
+    name = "binary_log_loss"
+
+    def __init__(self) -> None:
+        super().__init__(from_logits=True)
+
+    def config(self) -> dict[str, Any]:
+        return {}
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        value, grad = super().value_and_grad(pred, target, xp)
+        k = pred.shape[-1] if pred.ndim > 1 else 1
+        return value * k, grad * k
+
+
+class HalfPoissonDeviance(Loss):
+    """scikit-learn's Poisson loss with a log link: the model's output ``z`` is the log of the
+    predicted mean, and the loss is ``sum(y log(y / exp(z)) - y + exp(z)) / n_samples``.
+
+    The gradient is ``(exp(z) - y) / n_samples``. Targets must be >= 0.
+    """
+
+    name = "half_poisson_deviance"
+
+    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
+        xp = xp or array_api_compat.array_namespace(pred)
+        n = pred.shape[0]
+        mean = xp.exp(pred)
+        positive = target > 0
+        safe = xp.where(positive, target, xp.ones_like(target))
+        ylogy = xp.where(positive, target * xp.log(safe), xp.zeros_like(target))
+        value = xp.sum(ylogy - target * pred - target + mean) / n
+        return value, (mean - target) / n
+
+    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
+        y = MSELoss().prepare_target(y, n_outputs, n_samples)
+        if y.min() < 0:
+            raise ValueError("y for the Poisson loss must be >= 0")
+        return y
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _input_namespace(X: Any) -> Any:
+    """The namespace scikit-learn validates ``X`` in: its own under array API dispatch, else NumPy."""
+    if sklearn.get_config()["array_api_dispatch"] and _library_name(X) not in (None, "numpy"):
+        return array_api_compat.array_namespace(X)
+    return np
+
+
+def _float_dtypes(X: Any) -> tuple[Any, Any]:
+    xp = _input_namespace(X)
+    return (xp.float64, xp.float32)
+
+
+def _same_place(a: Backend | None, b: Backend | None) -> bool:
+    """Whether two backends (None: NumPy) are one library on one device."""
+    a_name = "numpy" if a is None else str(a)
+    b_name = "numpy" if b is None else str(b)
+    if a_name != b_name:
+        return False
+    return a_name == "numpy" or getattr(a, "device", None) == getattr(b, "device", None)
+
+
+def _to_place(x: Any, place: Backend | None) -> Any:
+    """``x`` (an array of any backend) in the library and on the device of ``place`` (None: NumPy)."""
+    if place is None or str(place) == "numpy":
+        return to_numpy(x)
+    if _same_place(backend_of(x), place):
+        return x
+    return place.asarray(x)
+
+
+def _take_rows(X: Any, rows: np.ndarray) -> Any:
+    """Rows of ``X`` in its own library (NumPy: fancy indexing; others: ``take``)."""
+    if isinstance(X, np.ndarray):
+        return X[rows]
+    xp = array_api_compat.array_namespace(X)
+    return xp.take(X, xp.asarray(rows, device=array_api_compat.device(X)), axis=0)
+
+
+def _hidden_sizes(value: Any) -> list[int]:
+    sizes = [value] if isinstance(value, numbers.Integral) else list(value)
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) or s <= 0 for s in sizes):
+        raise ValueError(f"hidden_layer_sizes must hold integers > 0, got {value!r}")
+    return [int(s) for s in sizes]
+
+
+class _HostArray:
+    """An array of another library, pickled as NumPy together with where it lived."""
+
+    def __init__(self, x: Any) -> None:
+        place = backend_of(x)
+        self.value = np.array(to_numpy(x))
+        self.backend = str(place)
+        self.device = _picklable(place.device)
+
+    def restore(self) -> Any:
+        place = _place_or_numpy(self.backend, self.device)
+        return self.value if place is None else place.asarray(self.value, copy=True)
+
+
+def _picklable(device: Any) -> Any:
+    try:
+        pickle.dumps(device)
+    except Exception:  # noqa: BLE001 -- a device that cannot be pickled becomes the default one
+        return None
+    return device
+
+
+def _place_or_numpy(name: str, device: Any) -> Backend | None:
+    """The backend (None for NumPy) to restore onto; NumPy, with a warning, if it is not usable here."""
+    if name == "numpy":
+        return None
+    try:
+        return _make_backend(name, device)
+    except (BackendError, TypeError, ValueError, RuntimeError) as e:
+        warnings.warn(
+            f"the estimator was pickled on backend {name!r}, which cannot be used here ({e}); "
+            "it is restored on NumPy",
+            UserWarning,
+            stacklevel=3,
+        )
+        return None
+
+
+def _model_to_host(model: Sequential) -> dict[str, Any]:
+    """Everything that rebuilds ``model``, as NumPy arrays and plain Python objects."""
+    state = getattr(model, "optimizer_state", None)
+    if state is not None:
+        state = {
+            "step": int(state["step"]),
+            "slots": {
+                name: {slot: np.array(to_numpy(v)) for slot, v in slots.items()}
+                for name, slots in state["slots"].items()
+            },
+        }
+    return {
+        "layers": [(type(layer).__name__, layer.config()) for layer in model.layers],
+        "parameters": {k: np.array(to_numpy(v)) for k, v in model.parameters().items()},
+        "buffers": {k: np.array(to_numpy(v)) for k, v in model.buffers().items()},
+        "extra_state": {p: m.extra_state() for p, m in model.named_modules() if m.extra_state()},
+        "loss": getattr(model, "loss", None),
+        "optimizer": getattr(model, "optimizer", None),
+        "optimizer_state": state,
+        "backend": str(model.backend),
+        "device": _picklable(model.backend.device),
+    }
+
+
+def _model_from_host(saved: dict[str, Any]) -> Sequential:
+    place = _place_or_numpy(saved["backend"], saved["device"]) or _make_backend("numpy")
+    with use_backend(place):
+        model = Sequential(*(Module.registry[name](**config) for name, config in saved["layers"]))
+    model.load_parameters(saved["parameters"], check_finite=False)
+    if saved["buffers"]:
+        model.load_buffers(saved["buffers"])
+    modules = dict(model.named_modules())
+    for prefix, state in saved["extra_state"].items():
+        modules[prefix].load_extra_state(state)
+    model.loss = saved["loss"]
+    model.optimizer = saved["optimizer"]
+    state = saved["optimizer_state"]
+    if state is not None:
+        state = {
+            "step": state["step"],
+            "slots": {
+                name: {slot: place.asarray(v, copy=True) for slot, v in slots.items()}
+                for name, slots in state["slots"].items()
+            },
+        }
+    model.optimizer_state = state
+    return model
+
+
+class _Monitor(Callback):
+    """scikit-learn's bookkeeping after every epoch: the loss curve, the stopping rule
+    (``tol`` / ``n_iter_no_change``, on the training loss or the validation score) and the
+    SGD learning-rate schedules."""
+
+    def __init__(
+        self,
+        estimator: _BaseMLP,
+        optimizer: Optimizer,
+        n_train: int,
+        validation: Any,
+        schedule: bool,
+    ) -> None:
+        self.estimator = estimator
+        self.optimizer = optimizer
+        self.n_train = n_train
+        self.validation = validation
+        self.schedule = schedule
+        self.stopped = False
+        self.best: Any = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        est = self.estimator
+        est.n_iter_ += 1
+        est.t_ += self.n_train
+        est.loss_ = float(logs["loss"])
+        est.loss_curve_.append(est.loss_)
+        if est.verbose:
+            print(f"Iteration {est.n_iter_}, loss = {est.loss_:.8f}")
+        if self.validation is not None:
+            score = est._validation_score(self.model, *self.validation)
+            est.validation_scores_.append(score)
+            if est.verbose:
+                print(f"Validation score: {score:f}")
+            if score < est.best_validation_score_ + est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            if score > est.best_validation_score_:
+                est.best_validation_score_ = score
+                self.best = snapshot(self.model)
+        else:
+            if est.loss_ > est.best_loss_ - est.tol:
+                est._no_improvement_count += 1
+            else:
+                est._no_improvement_count = 0
+            est.best_loss_ = min(est.best_loss_, est.loss_)
+        if self.schedule and est.learning_rate == "invscaling":
+            self.optimizer.lr = float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t
+        if est._no_improvement_count > est.n_iter_no_change:
+            what = "Validation score" if self.validation is not None else "Training loss"
+            message = (
+                f"{what} did not improve more than tol={est.tol:f} for "
+                f"{est.n_iter_no_change} consecutive epochs."
+            )
+            if self.schedule and est.learning_rate == "adaptive" and self.optimizer.lr > 1e-6:
+                self.optimizer.lr /= 5.0
+                est._no_improvement_count = 0
+                if est.verbose:
+                    print(f"{message} Setting learning rate to {self.optimizer.lr:f}")
+            else:
+                if est.verbose:
+                    print(f"{message} Stopping.")
+                self.stopped = True
+                self.model.stop_training = True
+
+
+# ---------------------------------------------------------------- the estimators
+
+
+class _BaseMLP(BaseEstimator):
+    """What the classifier and the regressor share: parameters, training, prediction, pickling."""
+
+    _parameter_constraints: dict = {
+        "hidden_layer_sizes": ["array-like", Interval(numbers.Integral, 1, None, closed="left")],
+        "activation": [StrOptions(set(_ACTIVATIONS))],
+        "solver": [StrOptions({"sgd", "adam"})],
+        "alpha": [Interval(numbers.Real, 0, None, closed="left")],
+        "batch_size": [StrOptions({"auto"}), Interval(numbers.Integral, 1, None, closed="left")],
+        "learning_rate": [StrOptions({"constant", "invscaling", "adaptive"})],
+        "learning_rate_init": [Interval(numbers.Real, 0, None, closed="neither")],
+        "power_t": [Interval(numbers.Real, 0, None, closed="left")],
+        "max_iter": [Interval(numbers.Integral, 1, None, closed="left")],
+        "shuffle": ["boolean"],
+        "random_state": ["random_state"],
+        "tol": [Interval(numbers.Real, 0, None, closed="left")],
+        "verbose": ["verbose"],
+        "warm_start": ["boolean"],
+        "momentum": [Interval(numbers.Real, 0, 1, closed="both")],
+        "nesterovs_momentum": ["boolean"],
+        "early_stopping": ["boolean"],
+        "validation_fraction": [Interval(numbers.Real, 0, 1, closed="left")],
+        "beta_1": [Interval(numbers.Real, 0, 1, closed="left")],
+        "beta_2": [Interval(numbers.Real, 0, 1, closed="left")],
+        "epsilon": [Interval(numbers.Real, 0, None, closed="neither")],
+        "n_iter_no_change": [
+            Interval(numbers.Integral, 1, None, closed="left"),
+            Options(numbers.Real, {np.inf}),
+        ],
+        "dropout": [Interval(numbers.Real, 0, 1, closed="left")],
+        "batch_norm": ["boolean"],
+        "optimizer": [None, StrOptions(set(OPTIMIZERS)), Optimizer],
+        "backend": [None, str],
+        "device": "no_validation",
+        "dtype": "no_validation",  # checked in fit: a name or any library's float32/float64
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes: Any = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Any = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        optimizer: str | Optimizer | None = None,
+        backend: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        self.hidden_layer_sizes = hidden_layer_sizes
+        self.activation = activation
+        self.solver = solver
+        self.alpha = alpha
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.learning_rate_init = learning_rate_init
+        self.power_t = power_t
+        self.max_iter = max_iter
+        self.shuffle = shuffle
+        self.random_state = random_state
+        self.tol = tol
+        self.verbose = verbose
+        self.warm_start = warm_start
+        self.momentum = momentum
+        self.nesterovs_momentum = nesterovs_momentum
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self.n_iter_no_change = n_iter_no_change
+        self.dropout = dropout
+        self.batch_norm = batch_norm
+        self.optimizer = optimizer
+        self.backend = backend
+        self.device = device
+        self.dtype = dtype
+
+    # ------------------------------------------------------------ what subclasses give
+
+    def _prepare_targets(
+        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
+    ) -> tuple[np.ndarray, int]:
+        """(the targets as a host array for the loss, the number of outputs); on the first fit
+        also the label bookkeeping (``classes_``, ``out_activation_``)."""
+        raise NotImplementedError
+
+    def _loss(self) -> Loss:
+        raise NotImplementedError
+
+    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ training
+
+    def _check_input(self, X: Any, y: Any, reset: bool) -> tuple[Any, Any]:
+        X, y = validate_data(
+            self, X, y, multi_output=True, dtype=_float_dtypes(X), reset=reset, **self._y_checks
+        )
+        if y.ndim == 2 and y.shape[1] == 1:
+            y = column_or_1d(y, warn=True)
+        return X, y
+
+    _y_checks: dict[str, Any] = {}
+
+    def _places(self, X: Any) -> tuple[Backend | None, Backend]:
+        """(the library/device of the input, None for NumPy; the backend to train on)."""
+        source = backend_of(X)
+        if source is not None and str(source) == "numpy":
+            source = None
+        try:
+            if self.backend is not None:
+                target = _make_backend(self.backend, self.device)
+            elif self.device is not None:
+                target = _make_backend("numpy" if source is None else str(source), self.device)
+            else:
+                target = source if source is not None else _make_backend("numpy")
+        except (BackendError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"backend={self.backend!r}, device={self.device!r} cannot be used: {e}"
+            ) from None
+        return source, target
+
+    def _compute_dtype(self, X: Any, target: Backend) -> str:
+        if self.dtype is not None:
+            name = dtype_name(self.dtype)
+            if name not in ("float32", "float64"):
+                raise ValueError(f"dtype must be 'float32', 'float64' or None, got {self.dtype!r}")
+        else:
+            name = dtype_name(X.dtype)
+        if name == "float64" and not _has_float64(target):
+            name = "float32"
+        return name
+
+    def _seed_root(self) -> int:
+        if isinstance(self.random_state, numbers.Integral) and not isinstance(
+            self.random_state, bool
+        ):
+            return int(self.random_state)
+        return int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+
+    def _build(
+        self, n_features: int, n_outputs: int, target: Backend, dtype: str, root: int
+    ) -> Sequential:
+        sizes = [n_features, *_hidden_sizes(self.hidden_layer_sizes), n_outputs]
+        layers: list[Module] = []
+        with use_backend(target):
+            for i in range(len(sizes) - 1):
+                layers.append(Dense(sizes[i], sizes[i + 1], seed=root + i, dtype=dtype))
+                if i < len(sizes) - 2:
+                    if self.batch_norm:
+                        layers.append(BatchNorm(sizes[i + 1], dtype=dtype))
+                    layers.append(_ACTIVATIONS[self.activation]())
+                    if self.dropout:
+                        layers.append(Dropout(float(self.dropout), seed=root + i))
+            return Sequential(*layers)
+
+    def _make_optimizer(self) -> tuple[Optimizer, bool]:
+        """(a fresh optimizer, whether scikit-learn's SGD learning-rate schedules apply)."""
+        choice = self.optimizer
+        if isinstance(choice, Optimizer):
+            return copy.deepcopy(choice), False
+        solver = self.solver if choice is None else choice
+        if solver == "adam":
+            return Adam(
+                lr=self.learning_rate_init, betas=(self.beta_1, self.beta_2), eps=self.epsilon
+            ), False
+        if solver == "sgd":
+            momentum = float(self.momentum)
+            return SGD(
+                lr=self.learning_rate_init,
+                momentum=momentum,
+                nesterov=bool(self.nesterovs_momentum and momentum > 0),
+            ), True
+        return OPTIMIZERS[solver](lr=self.learning_rate_init), False
+
+    def _fit(self, X: Any, y: Any, *, incremental: bool, classes: Any = None) -> _BaseMLP:
+        validate = getattr(self, "_validate_params", None)
+        if validate is not None:
+            validate()
+        _hidden_sizes(self.hidden_layer_sizes)
+        if incremental and self.early_stopping:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        first = not hasattr(self, "model_") or (not self.warm_start and not incremental)
+        X, y = self._check_input(X, y, reset=first)
+        if first:  # every check before the estimator changes
+            source, target = self._places(X)
+            dtype = self._compute_dtype(X, target)
+        targets, n_outputs = self._prepare_targets(
+            to_numpy(y), X, first=first, incremental=incremental, classes=classes
+        )
+        if first:
+            self._input_place = source
+            self._seed = self._seed_root()
+            self._epochs = 0
+            self.n_outputs_ = n_outputs
+            self.model_ = self._build(int(X.shape[1]), n_outputs, target, dtype, self._seed)
+            self.n_layers_ = len(_hidden_sizes(self.hidden_layer_sizes)) + 2
+            self.t_ = 0
+            self.loss_curve_ = []
+            self._no_improvement_count = 0
+            if self.early_stopping:
+                self.validation_scores_ = []
+                self.best_validation_score_ = -np.inf
+                self.best_loss_ = None
+            else:
+                self.best_loss_ = np.inf
+                self.validation_scores_ = None
+                self.best_validation_score_ = None
+        model = self.model_
+
+        validation = None
+        X_train, t_train = X, targets
+        if self.early_stopping:
+            stratify = targets if isinstance(self, ClassifierMixin) and targets.ndim == 1 else None
+            rows = np.arange(X.shape[0])
+            train_rows, val_rows = train_test_split(
+                rows, test_size=self.validation_fraction, random_state=self._seed, stratify=stratify
+            )
+            if val_rows.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size "
+                    "of your dataset."
+                )
+            X_train, t_train = _take_rows(X, train_rows), targets[train_rows]
+            validation = (_take_rows(X, val_rows), targets[val_rows])
+        n_train = int(X_train.shape[0])
+        if self.batch_size == "auto":
+            batch_size = min(200, n_train)
+        else:
+            if self.batch_size > n_train:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is going to be "
+                    "clipped",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n_train))
+        for layer in model.layers:  # scikit-learn's alpha * ||W||^2 / (2 * batch size)
+            if isinstance(layer, Dense):
+                layer.l2 = float(self.alpha) / (2 * batch_size)
+
+        keep = incremental and getattr(model, "optimizer", None) is not None
+        if keep:
+            optimizer, schedule = model.optimizer, getattr(self, "_schedule", False)
+        else:
+            optimizer, schedule = self._make_optimizer()
+        self._schedule = schedule
+        monitor = _Monitor(self, optimizer, n_train, validation, schedule)
+        self.n_iter_ = 0
+        epochs = 1 if incremental else int(self.max_iter)
+        try:
+            _train(
+                model,
+                X_train,
+                t_train,
+                loss=self._loss(),
+                optimizer=optimizer,
+                epochs=self._epochs + epochs,
+                initial_epoch=self._epochs,
+                batch_size=batch_size,
+                shuffle=bool(self.shuffle),
+                seed=self._seed,
+                verbose=0,
+                callbacks=[monitor],
+                check_finite=False,
+            )
+        except TrainingDivergedError as e:
+            raise ValueError(
+                "Solver produced non-finite parameter weights. The input data may contain large "
+                f"values and need to be preprocessed, or learning_rate_init is too large ({e})"
+            ) from None
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", UserWarning, stacklevel=3)
+        finally:
+            self._epochs += self.n_iter_
+        if not incremental and not monitor.stopped and self.n_iter_ == self.max_iter:
+            warnings.warn(
+                f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
+                "optimization hasn't converged yet.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        if validation is not None and monitor.best is not None:
+            restore(model, monitor.best)
+        return self
+
+    def fit(self, X: Any, y: Any) -> _BaseMLP:
+        """Train on ``X, y`` for up to ``max_iter`` epochs (from scratch unless ``warm_start``).
+
+        Returns the estimator.
+        """
+        return self._fit(X, y, incremental=False)
+
+    # ------------------------------------------------------------ prediction
+
+    def _raw(self, X: Any, method: str) -> tuple[Any, Backend | None]:
+        """(the model's outputs for ``X`` on its backend, where the answer goes: X's library)."""
+        check_is_fitted(self)
+        X = validate_data(self, X, dtype=_float_dtypes(X), reset=False)
+        place = backend_of(X)
+        if place is not None and str(place) == "numpy":
+            place = None
+        if sklearn.get_config()["array_api_dispatch"] and not _same_place(place, self._input_place):
+
+            def describe(p: Backend | None) -> str:
+                return "numpy" if p is None else f"{p} on device {p.device!r}"
+
+            raise ValueError(
+                f"Inputs passed to {type(self).__name__}.{method}() must use the same namespace and "
+                f"the same device as those passed to fit(). fit() got {describe(self._input_place)}, "
+                f"{method}() got {describe(place)}."
+            )
+        return _outputs(self.model_, X, check_finite=False), place
+
+    # ------------------------------------------------------------ sklearn-style views of the model
+
+    @property
+    def coefs_(self) -> list[Any]:
+        """The weight matrix of each Dense layer (arrays of the backend trained on)."""
+        check_is_fitted(self)
+        return [m.weight for m in self.model_.layers if isinstance(m, Dense)]
+
+    @property
+    def intercepts_(self) -> list[Any]:
+        """The bias vector of each Dense layer (arrays of the backend trained on)."""
+        check_is_fitted(self)
+        return [m.bias for m in self.model_.layers if isinstance(m, Dense)]
+
+    # ------------------------------------------------------------ pickling
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(super().__getstate__())
+        for key, value in state.items():
+            if key == "model_":
+                state[key] = _model_to_host(value)
+            elif _library_name(value) not in (None, "numpy"):
+                state[key] = _HostArray(value)
+            elif isinstance(value, Backend):
+                state[key] = ("backend", str(value), _picklable(value.device))
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        for key, value in state.items():
+            if key == "model_":
+                state[key] = _model_from_host(value)
+            elif isinstance(value, _HostArray):
+                state[key] = value.restore()
+            elif isinstance(value, tuple) and len(value) == 3 and value[0] == "backend":
+                state[key] = _place_or_numpy(value[1], value[2])
+        super().__setstate__(state)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.array_api_support = True
+        tags.input_tags.sparse = False
+        return tags
+
+
+class MLPClassifier(ClassifierMixin, _BaseMLP):
+    """Multi-layer perceptron classifier, trained by portnn on any backend.
+
+    The parameters are those of :class:`sklearn.neural_network.MLPClassifier`
+    with the same meaning (``solver`` is ``"adam"`` or ``"sgd"``; there is no
+    ``"lbfgs"``), plus portnn's: ``dropout`` (after every hidden activation),
+    ``batch_norm`` (:class:`~portnn.BatchNorm` before every hidden activation),
+    ``optimizer`` (a portnn optimizer or its name, in place of ``solver``),
+    ``backend`` and ``device`` (where to train; None: the library of the
+    input), and ``dtype`` (``"float32"`` or ``"float64"``; None: that of the
+    input). See the "scikit-learn" page of the documentation.
+
+    Two classes train one sigmoid output with binary log loss, more classes a
+    softmax over one output per class with cross-entropy, and a label
+    indicator matrix (multi-label) one sigmoid output per label.
+
+    Fitted attributes: ``classes_``, ``model_`` (the trained
+    :class:`~portnn.Sequential`), ``loss_``, ``loss_curve_``, ``best_loss_``,
+    ``validation_scores_`` and ``best_validation_score_`` (with
+    ``early_stopping``), ``n_iter_``, ``t_``, ``n_features_in_``,
+    ``n_outputs_``, ``n_layers_``, ``out_activation_``, and ``coefs_`` /
+    ``intercepts_`` (the Dense layers' weights and biases).
+    """
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+        """One epoch over ``X, y``, continuing from the previous call.
+
+        ``classes`` (every label that will ever be seen) is required on the first
+        call, as in scikit-learn, and may be omitted afterwards.
+        """
+        return self._fit(X, y, incremental=True, classes=classes)
+
+    def _prepare_targets(
+        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
+    ) -> tuple[np.ndarray, int]:
+        check_classification_targets(y)
+        if incremental:  # scikit-learn's rules for partial_fit's classes
+            if classes is None and first:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            if classes is not None:
+                classes = unique_labels(to_numpy(classes))
+                if not first and not np.array_equal(classes, self._binarizer.classes_):
+                    raise ValueError(
+                        f"`classes={classes!r}` is not the same as on last call to "
+                        f"partial_fit, was: {self._binarizer.classes_!r}"
+                    )
+        if first:
+            binarizer = LabelBinarizer()
+            binarizer.fit(
+                classes if incremental and not type_of_target(y).startswith("multilabel") else y
+            )
+            if binarizer.y_type_ != "multilabel-indicator" and len(binarizer.classes_) < 2:
+                raise ValueError(
+                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                    f"but the data contains only one class: {binarizer.classes_[0]!r}"
+                )
+            self._binarizer = binarizer
+            labels = binarizer.classes_
+            source = backend_of(X)
+            if labels.dtype.kind in "biuf" and source is not None and str(source) != "numpy":
+                self.classes_ = source.asarray(labels)  # everything follows X
+            else:
+                self.classes_ = labels
+            self.out_activation_ = "softmax" if binarizer.y_type_ == "multiclass" else "logistic"
+        else:
+            seen = unique_labels(y)
+            known = self._binarizer.classes_
+            if self.warm_start and not incremental:
+                if set(seen) != set(known):
+                    raise ValueError(
+                        "warm_start can only be used where `y` has the same classes as in the "
+                        f"previous call to fit. Previously got {known}, `y` has {seen}"
+                    )
+            elif len(np.setdiff1d(seen, known, assume_unique=True)):
+                raise ValueError(
+                    f"`y` has classes not in `self.classes_`. `self.classes_` has {known}. 'y' has {seen}."
+                )
+        kind = self._binarizer.y_type_
+        if kind == "multilabel-indicator":
+            return np.asarray(y, dtype=np.float64), int(y.shape[1])
+        if kind == "multiclass":
+            return np.searchsorted(self._binarizer.classes_, y).astype(np.int64), len(
+                self._binarizer.classes_
+            )
+        return self._binarizer.transform(y)[:, 0].astype(np.float64), 1  # binary: 0/1, one output
+
+    def _loss(self) -> Loss:
+        kind = self._binarizer.y_type_
+        if kind == "multiclass":
+            return CrossEntropy(from_logits=True)
+        if kind == "multilabel-indicator":
+            return BinaryLogLoss()
+        return BinaryCrossEntropy(from_logits=True)
+
+    def _labels_from_outputs(self, out: Any, xp: Any) -> Any:
+        """Class indices (binary, multi-class) or a 0/1 indicator matrix (multi-label)."""
+        if self._binarizer.y_type_ == "multilabel-indicator":
+            return xp.astype(out > 0, xp.int64)
+        if out.shape[1] == 1:
+            return xp.astype(out[:, 0] > 0, xp.int64)
+        return xp.argmax(out, axis=1)
+
+    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+        out = to_numpy(_outputs(model, X, check_finite=False))
+        if not np.isfinite(out).all():
+            return math.nan
+        return float(
+            accuracy_score(y.astype(np.int64), to_numpy(self._labels_from_outputs(out, np)))
+        )
+
+    def predict(self, X: Any) -> Any:
+        """Predicted labels (an indicator matrix for multi-label targets)."""
+        out, place = self._raw(X, "predict")
+        labels = self._labels_from_outputs(out, self.model_.xp)
+        if self._binarizer.y_type_ == "multilabel-indicator":
+            return _to_place(labels, place)
+        classes = self.classes_
+        if isinstance(classes, np.ndarray):
+            picked = classes[to_numpy(labels)]
+            return picked if classes.dtype.kind not in "biuf" else _to_place(picked, place)
+        xp = array_api_compat.array_namespace(classes)
+        return _to_place(xp.take(classes, _to_place(labels, backend_of(classes)), axis=0), place)
+
+    def predict_proba(self, X: Any) -> Any:
+        """Probability of each class, in the order of ``classes_`` (of each label, for multi-label)."""
+        out, place = self._raw(X, "predict_proba")
+        return _to_place(self._proba(out, self.model_.xp, log=False), place)
+
+    def predict_log_proba(self, X: Any) -> Any:
+        """Log of :meth:`predict_proba`, computed without forming the probabilities."""
+        out, place = self._raw(X, "predict_log_proba")
+        return _to_place(self._proba(out, self.model_.xp, log=True), place)
+
+    def _proba(self, out: Any, xp: Any, *, log: bool) -> Any:
+        if self._binarizer.y_type_ == "multiclass":
+            return F.log_softmax(out, xp=xp) if log else F.softmax(out, xp=xp)
+        if log:  # log(sigmoid(z)) = min(z, 0) - log1p(exp(-|z|))
+
+            def log_sigmoid(z: Any) -> Any:
+                return xp.minimum(z, 0.0) - xp.log1p(xp.exp(-xp.abs(z)))
+
+            positive, negative = log_sigmoid(out), log_sigmoid(-out)
+        else:
+            positive = F.sigmoid(out, xp=xp)
+            negative = 1.0 - positive
+        if self._binarizer.y_type_ == "multilabel-indicator":
+            return positive
+        return xp.concat([negative, positive], axis=1)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        return tags
+
+
+class MLPRegressor(RegressorMixin, _BaseMLP):
+    """Multi-layer perceptron regressor, trained by portnn on any backend.
+
+    The parameters are those of :class:`sklearn.neural_network.MLPRegressor`
+    with the same meaning -- ``loss`` is ``"squared_error"`` (half the squared
+    error, as in scikit-learn) or ``"poisson"`` (half the Poisson deviance with
+    a log link: ``model_`` outputs the log of the prediction) -- plus portnn's
+    ``dropout``, ``batch_norm``, ``optimizer``, ``backend``, ``device`` and
+    ``dtype``, as for :class:`MLPClassifier`. Targets may have several
+    columns (one output each).
+
+    Fitted attributes: ``model_``, ``loss_``, ``loss_curve_``, ``best_loss_``,
+    ``validation_scores_``, ``best_validation_score_``, ``n_iter_``, ``t_``,
+    ``n_features_in_``, ``n_outputs_``, ``n_layers_``, ``out_activation_``,
+    ``coefs_`` and ``intercepts_``.
+    """
+
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "loss": [StrOptions({"squared_error", "poisson"})],
+    }
+
+    def __init__(
+        self,
+        loss: str = "squared_error",
+        hidden_layer_sizes: Any = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Any = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        optimizer: str | Optimizer | None = None,
+        backend: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        self.loss = loss
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            optimizer=optimizer,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
+
+    _y_checks = {"y_numeric": True}
+
+    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
+        """One epoch over ``X, y``, continuing from the previous call."""
+        return self._fit(X, y, incremental=True)
+
+    def _prepare_targets(
+        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
+    ) -> tuple[np.ndarray, int]:
+        if self.loss == "poisson" and (y < 0).any():
+            raise ValueError(
+                "Some value(s) of y are negative which is not allowed for Poisson regression."
+            )
+        if first:
+            self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
+        return np.asarray(y, dtype=np.float64), 1 if y.ndim == 1 else int(y.shape[1])
+
+    def _loss(self) -> Loss:
+        return HalfPoissonDeviance() if self.loss == "poisson" else HalfSquaredError()
+
+    def _predictions(self, out: Any, xp: Any) -> Any:
+        if self.loss == "poisson":
+            out = xp.exp(out)
+        return out[:, 0] if out.shape[1] == 1 else out
+
+    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+        pred = to_numpy(self._predictions(_outputs(model, X, check_finite=False), model.xp))
+        if not np.isfinite(pred).all():
+            return math.nan
+        return float(r2_score(y, pred))
+
+    def predict(self, X: Any) -> Any:
+        """Predicted values: shape ``(n_samples,)``, or ``(n_samples, n_outputs)`` for several targets."""
+        out, place = self._raw(X, "predict")
+        return _to_place(self._predictions(out, self.model_.xp), place)
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        return tags
