@@ -20,6 +20,16 @@ from .export import ExportError, export_onnx
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    # scikit-learn takes a second to import: the estimators load it on first use, not with portnn
+    if name in ("MLPClassifier", "MLPRegressor"):
+        from . import estimators
+
+        return getattr(estimators, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 # every public name imported above (one import line per module keeps this file easy to extend)
 __all__ = sorted(
     name
