@@ -13,13 +13,19 @@ Configurations (float32, softmax cross-entropy, one optimizer step per iteration
              batch goes from the host to the device inside the timing
     F        predict over 1,000,000 x 784 host rows, in batches of 65,536
 
-Every contender runs in this one process and run, from the same initial weights
-(drawn once on the host with numpy.random.default_rng(seed)) and on the same
-batches. Per contender and configuration: a check run from the initial weights
-(its loss is printed, so that a reader sees that all trained the same thing;
-the peak device memory is measured over it), a warm-up, then --repeats timed
-repeats whose median is reported. A contender that fails (out of memory, say)
-gets "failed: <reason>" in its row and the run goes on.
+Contenders, each where its library is installed (a row says why one is skipped):
+portnn on CuPy (the portable path, and the fast path fit(..., engine="fast")
+where portnn has one), PyTorch eager, PyTorch with the whole step in a CUDA
+graph, and JAX with the step under jax.jit. They run in this one process and
+run, from the same initial weights (drawn once on the host with
+numpy.random.default_rng(seed)) and on the same batches. Per contender and
+configuration: a check run from the initial weights (its loss is printed, so
+that a reader sees that all trained the same thing; the peak device memory is
+measured over it), a warm-up, then --repeats timed repeats whose median is
+reported. A contender that fails (out of memory, say) gets "failed: <reason>"
+in its row and the run goes on. portnn's rows skip fit's finite check of every
+step and predict's NaN/inf scan of the data, as the others check nothing; for
+E and F a row "with ..." keeps those defaults, to show what they cost.
 
 Timing: the device is synchronized, a loop of K steps runs (K chosen so that a
 repeat takes about 0.2 s), the device is synchronized again, and the host's
@@ -32,7 +38,13 @@ waits for the device).
 Matrix products are full fp32 for every contender (TF32 off: PyTorch's and
 CuPy's default; JAX is set to "highest" precision, as its GPU default would
 use TF32). The fp32, TF32 and bf16 matrix rates they are compared against are
-measured in the same run, on a large square product.
+measured in the same run, on a large square product. The report ends with one
+PASS / FAIL / n.a. line per target, computed from the numbers of the run.
+
+--smoke runs all of it on the CPU, shrunk (hidden widths and batches / 16, host
+rows / 100; portnn on NumPy, PyTorch and JAX on the CPU, no CUDA graphs) in
+well under a minute, and exits 1 if a contender fails or portnn's and
+PyTorch's losses differ: it exercises the code, its numbers are no benchmark.
 """
 
 from __future__ import annotations
@@ -226,8 +238,8 @@ class Platform:
         if self.jax is not None:
             try:
                 self.jax_device = self.jax.devices("cpu" if smoke else "gpu")[0]
-            except RuntimeError:
-                self.jax_note = "JAX has no GPU backend here"
+            except Exception as e:  # noqa: BLE001 -- a CPU-only jaxlib, or a broken CUDA plugin
+                self.jax_note = f"JAX has no GPU backend here ({type(e).__name__}: {str(e)[:120]})"
 
     @property
     def torch_cuda(self) -> bool:
