@@ -5,6 +5,8 @@
     nox -s docs                       # the documentation, warnings as errors
     nox -s mpi                        # mpiexec -n 2 data-parallel training
     nox -s dask                       # datasets in a Dask LocalCluster
+    nox -s bench                      # CPU benchmarks against scikit-learn and PyTorch
+    nox -s bench-gpu                  # GPU benchmarks (a CPU smoke run without a GPU)
 """
 
 from __future__ import annotations
@@ -80,3 +82,14 @@ def bench(session: nox.Session) -> None:
     """CPU benchmarks against scikit-learn and PyTorch (ratios in one run; not tests)."""
     session.install("-e", ".[all]", TORCH_CPU)
     session.run("python", "bench/cpu.py", *session.posargs)
+
+
+@nox.session(name="bench-gpu")
+def bench_gpu(session: nox.Session) -> None:
+    """GPU benchmarks (bench/gpu.py) of portnn on CuPy against PyTorch eager, PyTorch CUDA
+    graphs and JAX jit; without a CUDA device, its CPU smoke run (``--smoke``)."""
+    session.install("-e", ".[all]", TORCH_CPU if not _cuda_visible() else "torch", "jax")
+    if _cuda_visible():
+        session.install("cupy-cuda13x")
+    args = session.posargs or ([] if _cuda_visible() else ["--smoke"])
+    session.run("python", "bench/gpu.py", *args)
