@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import array_api_compat
 import numpy as np  # host side only: results are read once per epoch and finished on the host
 
 from . import functional as F
@@ -99,15 +100,20 @@ class Batch:
 def predicted_labels(pred: Any, xp: Any, logits: bool) -> Any:
     """Argmax of a multi-column output; a threshold on one column (0 for logits, 0.5 else)."""
     if pred.shape[-1] == 1:
-        return xp.astype(pred[:, 0] > (0.0 if logits else 0.5), xp.int32)
+        return xp.astype(pred[:, 0] > (0.0 if logits else 0.5), _index_dtype(xp, pred))
     return xp.argmax(pred, axis=-1)
+
+
+def _index_dtype(xp: Any, x: Any) -> Any:
+    """The integer dtype ``argmax`` returns, so binary and multi-class labels share a dtype."""
+    return xp.__array_namespace_info__().default_dtypes(device=array_api_compat.device(x))["indexing"]
 
 
 def true_labels(target: Any, xp: Any) -> Any:
     if target.ndim == 1:
         return target
     if target.shape[-1] == 1:
-        return xp.astype(target[:, 0] > 0.5, xp.int32)
+        return xp.astype(target[:, 0] > 0.5, _index_dtype(xp, target))
     return xp.argmax(target, axis=-1)
 
 

@@ -217,3 +217,12 @@ def test_predict_rejects_bad_input(rng):
         model.predict(rng.normal(size=(4, 3)), batch_size=0)
     with pytest.raises(ValueError, match="3-D"):
         model.predict(rng.normal(size=(4, 3, 1)))
+
+
+def test_binary_and_multiclass_labels_share_argmaxs_dtype(backend, rng):
+    X = rng.normal(size=(6, 3))
+    binary = pn.Sequential(pn.Dense(3, 1, seed=0), pn.Sigmoid())
+    multi = pn.Sequential(pn.Dense(3, 4, seed=0))
+    b, m = binary.predict_classes(X), multi.predict_classes(X)
+    assert b.dtype == m.dtype == backend.xp.argmax(backend.asarray(X), axis=-1).dtype
+    np.testing.assert_array_equal(pn.to_numpy(b), (pn.to_numpy(binary.predict(X))[:, 0] > 0.5).astype(int))
