@@ -72,9 +72,10 @@ def dask(session: nox.Session) -> None:
 
 @nox.session
 def docs(session: nox.Session) -> None:
-    """Build the documentation with warnings as errors."""
-    session.install("-e", ".[docs]")
+    """Build the documentation with warnings as errors, and run its examples (doctest)."""
+    session.install("-e", ".[docs,strict]", TORCH_CPU)  # examples move models to torch and strict
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
+    session.run("sphinx-build", "-b", "doctest", "-q", "docs", "docs/_build/doctest")
 
 
 @nox.session
