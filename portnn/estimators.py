@@ -62,20 +62,21 @@ from .backend import (
 )
 from .callbacks import Callback, restore, snapshot
 from .layers import Dense, Identity, Module, ReLU, Sequential, Sigmoid, Tanh
-from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
+from .losses import (
+    BinaryCrossEntropy,
+    BinaryLogLoss,
+    CrossEntropy,
+    HalfPoissonDeviance,
+    HalfSquaredError,
+    Loss,
+)
 from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer
 from .regularization import BatchNorm, Dropout
 from .training import TrainingDivergedError
 from .training import fit as _train
 from .training import predict as _outputs
 
-__all__ = [
-    "BinaryLogLoss",
-    "HalfPoissonDeviance",
-    "HalfSquaredError",
-    "MLPClassifier",
-    "MLPRegressor",
-]
+__all__ = ["MLPClassifier", "MLPRegressor"]
 
 _ACTIVATIONS: dict[str, type[Module]] = {
     "identity": Identity,
@@ -83,81 +84,6 @@ _ACTIVATIONS: dict[str, type[Module]] = {
     "tanh": Tanh,
     "relu": ReLU,
 }
-
-
-# ---------------------------------------------------------------- scikit-learn's losses
-#
-# Multi-class (softmax) log loss is portnn's CrossEntropy and binary log loss
-# with one output its BinaryCrossEntropy. The rest differ from portnn's means
-# over all elements: scikit-learn sums over the outputs and averages over the
-# samples, and its squared and Poisson losses are halved.
-
-
-class HalfSquaredError(MSELoss):
-    """scikit-learn's squared loss: half the mean squared error, ``mean((pred - target) ** 2) / 2``.
-
-    The gradient is scikit-learn's, ``(pred - target) / n_samples``: with
-    several outputs that is the gradient of the sum over the outputs, not of
-    their mean, exactly as scikit-learn's MLP steps.
-    """
-
-    name = "half_squared_error"
-
-    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
-        xp = xp or array_api_compat.array_namespace(pred)
-        d = pred - target
-        size = 1
-        for s in d.shape:
-            size *= s
-        return xp.sum(d * d) / (2 * size), d / pred.shape[0]
-
-
-class BinaryLogLoss(BinaryCrossEntropy):
-    """Log loss of independent sigmoid outputs (multi-label), summed over the labels and
-    averaged over the samples: scikit-learn's ``binary_log_loss``.
-
-    Takes raw scores (``from_logits=True``); with one output it equals
-    :class:`~portnn.BinaryCrossEntropy`.
-    """
-
-    name = "binary_log_loss"
-
-    def __init__(self) -> None:
-        super().__init__(from_logits=True)
-
-    def config(self) -> dict[str, Any]:
-        return {}
-
-    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
-        value, grad = super().value_and_grad(pred, target, xp)
-        k = pred.shape[-1] if pred.ndim > 1 else 1
-        return value * k, grad * k
-
-
-class HalfPoissonDeviance(Loss):
-    """scikit-learn's Poisson loss with a log link: the model's output ``z`` is the log of the
-    predicted mean, and the loss is ``sum(y log(y / exp(z)) - y + exp(z)) / n_samples``.
-
-    The gradient is ``(exp(z) - y) / n_samples``. Targets must be >= 0.
-    """
-
-    name = "half_poisson_deviance"
-
-    def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
-        xp = xp or array_api_compat.array_namespace(pred)
-        n = pred.shape[0]
-        mean = xp.exp(pred)
-        positive = target > 0
-        safe = xp.where(positive, target, xp.ones_like(target))
-        ylogy = xp.where(positive, target * xp.log(safe), xp.zeros_like(target))
-        value = xp.sum(ylogy - target * pred - target + mean) / n
-        return value, (mean - target) / n
-
-    def prepare_target(self, y: Any, n_outputs: int, n_samples: int | None = None) -> np.ndarray:
-        y = MSELoss().prepare_target(y, n_outputs, n_samples)
-        if y.min() < 0:
-            raise ValueError("y for the Poisson loss must be >= 0")
-        return y
 
 
 # ---------------------------------------------------------------- helpers

@@ -33,7 +33,8 @@ from sklearn.utils.estimator_checks import parametrize_with_checks
 
 import portnn as pn
 from portnn.backend import _library_name
-from portnn.estimators import HalfSquaredError, MLPClassifier, MLPRegressor
+from portnn.estimators import MLPClassifier, MLPRegressor
+from portnn.losses import HalfSquaredError
 
 not_converged = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -107,6 +108,42 @@ def test_portnn_imports_without_scikit_learn():
     )
     assert done.returncode == 0, done.stderr
     assert pn.MLPClassifier is MLPClassifier and pn.MLPRegressor is MLPRegressor
+
+
+@pytest.mark.parametrize(
+    "make, y",
+    [
+        (lambda: MLPRegressor(hidden_layer_sizes=(4,), max_iter=3), lambda rng: rng.normal(size=30)),
+        (lambda: MLPRegressor(loss="poisson", hidden_layer_sizes=(4,), max_iter=3),
+         lambda rng: rng.poisson(2.0, size=30).astype(float)),
+        (lambda: MLPClassifier(hidden_layer_sizes=(4,), max_iter=3),
+         lambda rng: rng.integers(0, 2, size=(30, 3))),
+    ],
+    ids=["squared_error", "poisson", "multilabel"],
+)
+def test_saved_model_loads_without_scikit_learn(make, y, tmp_path, numpy_only):
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        est = make().fit(X, y(rng))
+    path = tmp_path / "model.safetensors"
+    est.model_.save(path)
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "expected.npy", pn.to_numpy(est.model_.predict(X)))
+    code = (
+        "import sys, numpy as np\n"
+        "sys.modules['sklearn'] = None  # as if it were not installed\n"
+        "import portnn as pn\n"
+        f"model = pn.load({str(path)!r})\n"
+        f"got = pn.to_numpy(model.predict(np.load({str(tmp_path / 'X.npy')!r})))\n"
+        f"np.testing.assert_array_equal(got, np.load({str(tmp_path / 'expected.npy')!r}))\n"
+        "print(type(model.loss).__name__)\n"
+    )
+    env = {**os.environ, "PORTNN_BACKEND": "numpy"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == type(est.model_.loss).__name__
 
 
 # ---------------------------------------------------------------- the same model as scikit-learn's
