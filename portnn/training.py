@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import math
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -354,7 +353,6 @@ def fit(
     history = model.history = History()
     model.stop_training = False
     batcher = Batcher(backend, dtype, X, targets.values, targets.dtype)
-    slots = model._slots()
     penalized = _penalized(model)
     logits = _outputs_are_logits(model, loss_obj)
     base_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
@@ -363,11 +361,13 @@ def fit(
     was_training = model.training
     logs: dict[str, Any] = {}
     check = on_nonfinite is not None
-    has_buffers = bool(model.buffers())
     model.train()
     applied = 0
     compiled = _compiled_step(model, loss_obj, opt, penalized, check) if jit else None
     with deferred_signals() as interrupt:
+        train_step = compiled
+        if train_step is None:
+            train_step = _EagerStep(model, loss_obj, opt, penalized, check, dist, interrupt)
         try:
             if dist is not None:
                 base_seed, callback_objs = dist.start(model, base_seed, callback_objs)
@@ -384,26 +384,12 @@ def fit(
                 seen = skipped = 0
                 batches = batcher.batches(order, batch_size) if dist is None else dist.batches(batcher, order, batch_size)
                 for step, (xb, yb, nb) in enumerate(batches):
-                    if compiled is not None:
-                        value, pred, finite = compiled(xb, yb)  # applied unless not finite
-                    else:
-                        buffers = model.buffers() if has_buffers and check else None
-                        if dist is None:
-                            value, grads, pred = _value_and_grad(model, loss_obj, xb, yb, penalized)
-                        else:  # this rank's share, then averaged over all ranks
-                            step_fn = lambda: _value_and_grad(model, loss_obj, xb, yb, penalized)  # noqa: E731
-                            value, grads, pred = dist.value_and_grad(step_fn, model, xb, interrupt)
-                        finite = _all_finite(value, grads, xp) if check else None
-                        if finite is False and buffers:
-                            model.load_buffers(buffers)  # undo this batch's running statistics
+                    value, pred, finite = train_step(xb, yb)  # applied unless not finite
                     if finite is False:
                         if on_nonfinite == "raise":
                             raise TrainingDivergedError(epoch, step, float(value))
                         skipped += 1
                     else:
-                        if compiled is None:
-                            params, model.optimizer_state = opt.update(model.parameters(), grads, model.optimizer_state, xp)
-                            model._assign(params, slots)
                         applied += 1
                         total = total + value * nb
                         seen += nb
@@ -455,6 +441,43 @@ def fit(
     for cb in callback_objs:
         cb.on_train_end(logs)
     return history
+
+
+class _EagerStep:
+    """One training step on the portable path, op by op; call it with a batch.
+
+    ``step(xb, yb)`` computes the loss and gradients (with ``dist``: this rank's
+    share, averaged over all ranks), applies the optimizer's update unless
+    ``check`` is set and the loss or a gradient is not finite (a skipped batch's
+    running statistics are undone too), and returns ``(loss value, predictions,
+    finite)``, as :class:`portnn.jit.CompiledStep` does for the compiled path.
+    """
+
+    def __init__(
+        self, model: Module, loss: Loss, opt: Optimizer, penalized: list, check: bool, dist: Any, interrupt: Any
+    ) -> None:
+        self.model, self.loss, self.opt, self.penalized = model, loss, opt, penalized
+        self.check, self.dist, self.interrupt = check, dist, interrupt
+        self.xp = model.xp
+        self.slots = model._slots()
+        self.has_buffers = bool(model.buffers())
+
+    def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
+        model = self.model
+        buffers = model.buffers() if self.has_buffers and self.check else None
+        compute = lambda: _value_and_grad(model, self.loss, xb, yb, self.penalized)  # noqa: E731
+        if self.dist is None:
+            value, grads, pred = compute()
+        else:  # this rank's share, then averaged over all ranks
+            value, grads, pred = self.dist.value_and_grad(compute, model, xb, self.interrupt)
+        finite = _all_finite(value, grads, self.xp) if self.check else None
+        if finite is False:
+            if buffers:
+                model.load_buffers(buffers)  # undo this batch's running statistics
+            return value, pred, finite
+        params, model.optimizer_state = self.opt.update(model.parameters(), grads, model.optimizer_state, self.xp)
+        model._assign(params, self.slots)
+        return value, pred, finite
 
 
 def _compiled_step(model: Module, loss: Loss, opt: Optimizer, penalized: list, check: bool) -> Any:
