@@ -321,10 +321,7 @@ class HalfSquaredError(MSELoss):
     def value_and_grad(self, pred: Any, target: Any, xp: Any = None) -> tuple[Any, Any]:
         xp = xp or _namespace(pred)
         d = pred - target
-        size = 1
-        for s in d.shape:
-            size *= s
-        return xp.sum(d * d) / (2 * size), d / pred.shape[0]
+        return xp.sum(d * d) / (2 * _size(d)), d / pred.shape[0]
 
 
 class BinaryLogLoss(BinaryCrossEntropy):
