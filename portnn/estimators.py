@@ -173,52 +173,18 @@ def _place_or_numpy(name: str, device: Any) -> Backend | None:
 
 
 def _model_to_host(model: Sequential) -> dict[str, Any]:
-    """Everything that rebuilds ``model``, as NumPy arrays and plain Python objects."""
-    state = getattr(model, "optimizer_state", None)
-    if state is not None:
-        state = {
-            "step": int(state["step"]),
-            "slots": {
-                name: {slot: np.array(to_numpy(v)) for slot, v in slots.items()}
-                for name, slots in state["slots"].items()
-            },
-        }
+    """A copy of ``model`` moved to NumPy (optimizer state included), and where it lived."""
     return {
-        "layers": [(type(layer).__name__, layer.config()) for layer in model.layers],
-        "parameters": {k: np.array(to_numpy(v)) for k, v in model.parameters().items()},
-        "buffers": {k: np.array(to_numpy(v)) for k, v in model.buffers().items()},
-        "extra_state": {p: m.extra_state() for p, m in model.named_modules() if m.extra_state()},
-        "loss": getattr(model, "loss", None),
-        "optimizer": getattr(model, "optimizer", None),
-        "optimizer_state": state,
+        "model": model.copy().to("numpy"),
         "backend": str(model.backend),
         "device": _picklable(model.backend.device),
     }
 
 
 def _model_from_host(saved: dict[str, Any]) -> Sequential:
-    place = _place_or_numpy(saved["backend"], saved["device"]) or _make_backend("numpy")
-    with use_backend(place):
-        model = Sequential(*(Module.registry[name](**config) for name, config in saved["layers"]))
-    model.load_parameters(saved["parameters"], check_finite=False)
-    if saved["buffers"]:
-        model.load_buffers(saved["buffers"])
-    modules = dict(model.named_modules())
-    for prefix, state in saved["extra_state"].items():
-        modules[prefix].load_extra_state(state)
-    model.loss = saved["loss"]
-    model.optimizer = saved["optimizer"]
-    state = saved["optimizer_state"]
-    if state is not None:
-        state = {
-            "step": state["step"],
-            "slots": {
-                name: {slot: place.asarray(v, copy=True) for slot, v in slots.items()}
-                for name, slots in state["slots"].items()
-            },
-        }
-    model.optimizer_state = state
-    return model
+    place = _place_or_numpy(saved["backend"], saved["device"])
+    model = saved["model"]
+    return model if place is None else model.to(str(place), device=place.device)
 
 
 class _Monitor(Callback):
