@@ -443,8 +443,8 @@ class Contender:
 
 
 class Portnn(Contender):
-    """portnn's portable path: the step is fit's own (forward and backward through
-    ``_value_and_grad``, then the optimizer's update). Epochs (E) run through ``fit`` and
+    """portnn's portable path: the step is fit's own (``portnn.training._EagerStep``:
+    forward, backward and the optimizer's update). Epochs (E) run through ``fit`` and
     predictions through ``predict``; like the other contenders, they check nothing unless
     ``checks`` keeps fit's and predict's defaults (a finite check of every step's loss, a
     NaN/inf scan of the data)."""
@@ -453,9 +453,8 @@ class Portnn(Contender):
 
     def __init__(self, backend: str, weights: list, optimizer: str, checks: bool = False) -> None:
         import portnn as pn
-        from portnn.training import _value_and_grad
+        from portnn.training import _EagerStep
 
-        self._value_and_grad = _value_and_grad
         self.pn = pn
         with pn.use_backend(backend):
             layers: list[Any] = []
@@ -475,7 +474,8 @@ class Portnn(Contender):
         self.model.optimizer = self.opt
         self.model.optimizer_state = self.opt.init(self.model.parameters(), self.xp)
         self.model.train()
-        self.slots = self.model._slots()
+        # fit's own eager step, without its finite check
+        self._step = _EagerStep(self.model, self.loss, self.opt, [], False, None, None)
         self.fit_options: dict[str, Any] = {} if checks else {"on_nonfinite": None}
         self.predict_options: dict[str, Any] = {} if checks else {"check_finite": False}
 
@@ -484,13 +484,7 @@ class Portnn(Contender):
         return backend.asarray(X, self.xp.float32), backend.asarray(y, backend.index_dtype)
 
     def step(self, xb: Any, yb: Any) -> Any:
-        model = self.model
-        value, grads, _ = self._value_and_grad(model, self.loss, xb, yb, [])
-        params, model.optimizer_state = self.opt.update(
-            model.parameters(), grads, model.optimizer_state, self.xp
-        )
-        model._assign(params, self.slots)
-        return value
+        return self._step(xb, yb)[0]
 
     def sync(self) -> None:
         if self.cupy is not None:
