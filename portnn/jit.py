@@ -51,7 +51,7 @@ class CompiledStep:
                 f"jit=True compiles the step with jax.jit and needs the model on the 'jax' backend, "
                 f"not {str(model.backend)!r}; move it with model.to('jax')"
             )
-        import jax
+        import jax  # the compiled step is an engine at the edge: jax.jit and its tree utilities, only here
 
         self.model, self.loss, self.optimizer, self.check = model, loss, optimizer, check
         self._value_and_grad = value_and_grad
