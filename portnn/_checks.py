@@ -74,6 +74,23 @@ def check_dtype(name: str, kind: str, dtype: Any) -> None:
         raise TypeError(f"{name} has dtype {dtype}; expected integer or floating numbers")
 
 
+def floating_dtype(backend: Backend, dtype: Any, name: str = "dtype") -> Any:
+    """``backend``'s dtype object for ``dtype``, which must be a real floating dtype
+    (what the layers' ``dtype=`` takes); a TypeError naming ``name`` otherwise."""
+    try:
+        resolved = backend.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(
+            f"{name} must be a floating dtype such as 'float32', got {dtype!r}, "
+            f"which backend {str(backend)!r} does not have"
+        ) from None
+    if not backend.xp.isdtype(resolved, "real floating"):
+        raise TypeError(
+            f"{name} must be a floating dtype such as 'float32', got {dtype_name(resolved)!r}"
+        )
+    return resolved
+
+
 def device_dtype_kind(xp: Any, dtype: Any) -> str:
     if xp.isdtype(dtype, "bool"):
         return "b"

@@ -17,6 +17,7 @@ import importlib
 import importlib.util
 import numbers
 import os
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -200,21 +201,132 @@ def _device_key(device: Any) -> Any:
 
 
 def _resolve_device(name: str, device: Any) -> Any:
+    """``device`` as ``name``'s device object, or a BackendError naming it and the devices there are.
+
+    Runs once per (backend, device) when the backend is made, so that a device that does
+    not exist is refused where it is chosen rather than inside a layer later.
+    """
     if device is None:
         return None
-    if name == "torch":
-        import torch
+    resolve = {"torch": _torch_device, "cupy": _cupy_device, "jax": _jax_device}.get(name)
+    if resolve is not None:
+        return resolve(device)
+    return _listed_device(name, device)
 
-        return torch.device(device)
-    if name == "cupy":
-        import cupy
 
-        return device if isinstance(device, cupy.cuda.Device) else cupy.cuda.Device(int(device))
-    if name == "array_api_strict" and isinstance(device, str):
-        import array_api_strict
+def _no_device(name: str, device: Any, available: list[str], why: str = "") -> BackendError:
+    shown = ", ".join(available) if available else "none"
+    reason = f" ({why})" if why else ""
+    return BackendError(
+        f"backend {name!r} has no device {device!r}{reason}; available devices: {shown}"
+    )
 
-        return array_api_strict.Device(device)
-    return device
+
+def _device_label(device: Any) -> str:
+    """'device1' for array_api_strict.Device('device1'), 'cpu' for 'cpu', ..."""
+    found = re.fullmatch(r".*Device\('(.*)'\)", repr(device))
+    return found.group(1) if found else str(device)
+
+
+def _listed_device(name: str, device: Any) -> Any:
+    """A device the namespace lists in ``__array_namespace_info__().devices()``, by object or name."""
+    xp = _namespace(name)
+    try:
+        devices = list(xp.__array_namespace_info__().devices())
+    except Exception:  # noqa: BLE001 -- a library that cannot list them: take the device as given
+        return device
+    for known in devices:
+        try:
+            if device == known:
+                return known
+        except Exception:  # noqa: BLE001 -- objects that cannot be compared are not this one
+            continue
+    if isinstance(device, str):
+        for known in devices:
+            if _device_label(known) == device:
+                return known
+    raise _no_device(name, device, [_device_label(d) for d in devices])
+
+
+def _torch_devices() -> list[str]:
+    import torch
+
+    found = ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        found.append("mps")
+    return found
+
+
+def _torch_device(device: Any) -> Any:
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise _no_device("torch", device, _torch_devices()) from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count()
+        if (dev.index or 0) >= count:
+            why = "CUDA is not available here" if count == 0 else f"{count} CUDA device(s) here"
+            raise _no_device("torch", device, _torch_devices(), why)
+    elif dev.type == "meta":
+        raise _no_device("torch", device, _torch_devices(), "meta tensors hold no data")
+    elif dev.type != "cpu":
+        try:
+            torch.empty(0, device=dev)
+        except Exception as e:  # noqa: BLE001 -- not compiled in, no driver, no such index
+            raise _no_device("torch", device, _torch_devices(), str(e).split("\n")[0]) from None
+    return dev
+
+
+def _cupy_device(device: Any) -> Any:
+    import cupy
+
+    count = cupy.cuda.runtime.getDeviceCount()
+    available = [f"cuda:{i}" for i in range(count)]
+    if isinstance(device, cupy.cuda.Device):
+        index = device.id
+    else:
+        text = str(device).strip().lower()
+        text = {"cuda": "0", "gpu": "0"}.get(text, re.sub(r"^(cuda|gpu):", "", text))
+        if isinstance(device, bool) or not text.isdigit():
+            raise _no_device("cupy", device, available)
+        index = int(text)
+    if index >= count:
+        raise _no_device("cupy", device, available)
+    return device if isinstance(device, cupy.cuda.Device) else cupy.cuda.Device(index)
+
+
+def _jax_device(device: Any) -> Any:
+    """A JAX device: one of ``jax.devices()`` (or of a platform's), a platform name
+    ('cpu', 'gpu', 'cuda:1', ...) or ``str()`` of a device; shardings pass as they are."""
+    import jax
+
+    def devices(platform: str | None = None) -> list[Any]:
+        try:
+            return list(jax.devices(platform))
+        except RuntimeError:  # a platform that is not here
+            return []
+
+    listed = devices() + [d for d in devices("cpu") if d not in devices()]
+    available = [str(d) for d in listed]
+    if hasattr(device, "device_set"):  # a Sharding: JAX checks it itself
+        return device
+    if not isinstance(device, str):
+        if device in devices(getattr(device, "platform", None)):
+            return device
+        raise _no_device("jax", device, available)
+    for d in listed:
+        if str(d) == device:
+            return d
+    platform, _, index = device.strip().lower().partition(":")
+    found = devices(platform)
+    if index.isdigit() or not index:
+        i = int(index or 0)
+        if i < len(found):
+            return found[i]
+    raise _no_device("jax", device, available)
 
 
 _default: Backend | None = None

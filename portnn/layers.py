@@ -204,22 +204,35 @@ class Module:
     def to(self, backend: str | None = None, *, device: Any = None, dtype: Any = None) -> Module:
         """Move every parameter (and optimizer state) to ``backend``/``device``, optionally casting.
 
+        The backend, device and dtype are checked first, and every array is moved
+        before any module changes, so a move that fails leaves the model as it was.
         Returns the module itself, like PyTorch.
         """
+        from ._checks import floating_dtype
+
         if backend is None and device is None:
             target = self._backend
         else:
             target = _make_backend(backend if backend is not None else str(self._backend), device)
+        cast = None if dtype is None else floating_dtype(target, dtype)
+        moved = [
+            (
+                module,
+                {k: target.asarray(v, cast) for k, v in module._params.items()},
+                {k: _move_buffer(target, v, cast) for k, v in module._buffers.items()},
+            )
+            for module in self.modules()
+        ]
         state = getattr(self, "optimizer_state", None)
-        for module in self.modules():
+        if state is not None:
+            state = _move_tree(state, target, cast)
+        for module, params, buffers in moved:
             module._backend = target
-            cast = None if dtype is None else target.dtype(dtype)
-            module._params = {k: target.asarray(v, cast) for k, v in module._params.items()}
-            module._buffers = {k: _move_buffer(target, v, cast) for k, v in module._buffers.items()}
+            module._params, module._buffers = params, buffers
             module._grads = {}
             module._backward = None
         if state is not None:
-            self.optimizer_state = _move_tree(state, target)
+            self.optimizer_state = state
         return self
 
     def train(self, mode: bool = True) -> Module:
@@ -368,14 +381,15 @@ def _copy_array(a: Any, backend: Backend) -> Any:
     return backend.xp.asarray(a, copy=True)
 
 
-def _move_tree(tree: Any, target: Backend) -> Any:
+def _move_tree(tree: Any, target: Backend, cast: Any = None) -> Any:
+    """Optimizer state on ``target``: arrays moved (floating ones cast), everything else as is."""
     if isinstance(tree, dict):
-        return {k: _move_tree(v, target) for k, v in tree.items()}
+        return {k: _move_tree(v, target, cast) for k, v in tree.items()}
     if isinstance(tree, list | tuple):
-        return type(tree)(_move_tree(v, target) for v in tree)
+        return type(tree)(_move_tree(v, target, cast) for v in tree)
     if isinstance(tree, int | float | str | bool) or tree is None:
         return tree
-    return target.asarray(tree)
+    return _move_buffer(target, tree, cast)
 
 
 # ---------------------------------------------------------------- Dense
