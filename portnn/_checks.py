@@ -61,10 +61,48 @@ def host_array(name: str, x: Any) -> np.ndarray:
         raise TypeError(f"{name} is None; expected an array")
     try:
         arr = to_numpy(x)
-    except Exception as e:  # lists of mixed types, unsupported objects
+    except Exception as e:  # ragged or mixed nested lists, unsupported objects
+        where = ragged(name, x)
+        if where is not None:
+            raise ValueError(
+                f"{name} is ragged ({where}); expected a rectangular array of numbers"
+            ) from None
         raise TypeError(f"{name} could not be read as a numeric array: {e}") from None
+    if arr.dtype.kind == "O":
+        where = ragged(name, x)
+        if where is not None:
+            raise ValueError(f"{name} is ragged ({where}); expected a rectangular array of numbers")
     check_dtype(name, arr.dtype.kind, arr.dtype)
     return arr
+
+
+def ragged(name: str, x: Any) -> str | None:
+    """Where nested sequences stop being rectangular ('X[1] has length 1, ...'), or None."""
+    if not isinstance(x, list | tuple) or not x:
+        return None
+    shapes = [_nested_shape(item) for item in x]
+    for i, shape in enumerate(shapes):
+        if shape != shapes[0]:
+            return f"{name}[{i}] {_describe(shape)}, {name}[0] {_describe(shapes[0])}"
+    for i, item in enumerate(x):
+        where = ragged(f"{name}[{i}]", item)
+        if where is not None:
+            return where
+    return None
+
+
+def _nested_shape(item: Any) -> tuple[int, ...] | None:
+    """The length of a sequence (the shape of an array); None for a scalar."""
+    if isinstance(item, list | tuple):
+        return (len(item),)
+    shape = getattr(item, "shape", None)
+    return tuple(shape) if shape is not None and len(shape) else None
+
+
+def _describe(shape: tuple[int, ...] | None) -> str:
+    if shape is None:
+        return "is a single number"
+    return f"has length {shape[0]}" if len(shape) == 1 else f"has shape {shape}"
 
 
 def check_dtype(name: str, kind: str, dtype: Any) -> None:

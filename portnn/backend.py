@@ -201,7 +201,7 @@ def _device_key(device: Any) -> Any:
 
 
 def _resolve_device(name: str, device: Any) -> Any:
-    """``device`` as ``name``'s device object, or a BackendError naming it and the devices there are.
+    """``device`` as ``name``'s device object, or a BackendError naming it and the devices there.
 
     Runs once per (backend, device) when the backend is made, so that a device that does
     not exist is refused where it is chosen rather than inside a layer later.
@@ -229,7 +229,7 @@ def _device_label(device: Any) -> str:
 
 
 def _listed_device(name: str, device: Any) -> Any:
-    """A device the namespace lists in ``__array_namespace_info__().devices()``, by object or name."""
+    """A device the namespace lists in ``__array_namespace_info__().devices()`` (object or name)."""
     xp = _namespace(name)
     try:
         devices = list(xp.__array_namespace_info__().devices())
@@ -403,12 +403,25 @@ def to_numpy(x: Any) -> np.ndarray:
     if name == "cupy":
         return x.get()
     if name == "torch":
-        return x.detach().cpu().numpy()
+        x = x.detach()
+        if x.is_floating_point() and dtype_name(x.dtype) not in _NUMPY_FLOATS:
+            x = x.float()  # bfloat16, float8: NumPy lacks them; float32 holds them exactly
+        return x.cpu().numpy()
     if name == "dask":
         return np.asarray(x.compute())
     if name in ("jax", None):
-        return np.asarray(x)
+        return _widen_extension_floats(np.asarray(x))
     return np.from_dlpack(x)
+
+
+_NUMPY_FLOATS = ("float16", "float32", "float64")
+
+
+def _widen_extension_floats(arr: np.ndarray) -> np.ndarray:
+    """ml_dtypes floats (JAX's bfloat16, float8) as float32, which NumPy computes with."""
+    if arr.dtype.kind == "V" and arr.dtype.name.startswith(("bfloat16", "float8")):
+        return arr.astype(np.float32)
+    return arr
 
 
 def _asarray(backend: Backend, x: Any, dtype: Any = None) -> Any:
