@@ -12,6 +12,8 @@ import inspect
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np  # host side only: checking arguments
+
 from ._checks import lookup, positive_number
 
 __all__ = [
@@ -53,10 +55,37 @@ def clip_by_global_norm(
 
 def _fraction(name: str, value: Any) -> float:
     """A number in [0, 1)."""
-    v = positive_number(name, value, allow_zero=True)
-    if v >= 1:
+    try:
+        v = positive_number(name, value, allow_zero=True)  # a TypeError for what is not a number
+    except ValueError:
+        v = -1.0
+    if not 0 <= v < 1:
         raise ValueError(f"{name} must be in [0, 1), got {value!r}")
     return v
+
+
+def _fraction_pair(name: str, value: Any) -> tuple[float, float]:
+    """Two numbers in [0, 1), given as a tuple or list (or a NumPy array of two)."""
+    if isinstance(value, np.ndarray) and value.ndim == 1:
+        value = value.tolist()
+    if not isinstance(value, tuple | list):
+        raise TypeError(
+            f"{name} must be a tuple of two numbers in [0, 1) such as (0.9, 0.999), "
+            f"got {type(value).__name__} {value!r}"
+        )
+    if len(value) != 2:
+        raise ValueError(
+            f"{name} must be a pair of numbers in [0, 1) such as (0.9, 0.999), "
+            f"got {value!r} (length {len(value)})"
+        )
+    return _fraction(f"{name}[0]", value[0]), _fraction(f"{name}[1]", value[1])
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean option: True or False (not a string, whose truth is not what it says)."""
+    if not isinstance(value, bool | np.bool_):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
 
 
 def _ema(avg: Any, x: Any, decay: float) -> Any:
@@ -153,7 +182,7 @@ class SGD(Optimizer):
     ) -> None:
         super().__init__(lr, clip_norm)
         self.momentum = positive_number("momentum", momentum, allow_zero=True)
-        self.nesterov = bool(nesterov)
+        self.nesterov = _flag("nesterov", nesterov)
         self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0")
@@ -240,7 +269,7 @@ class RMSProp(Optimizer):
         self.eps = positive_number("eps", eps)
         self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
         self.momentum = positive_number("momentum", momentum, allow_zero=True)
-        self.centered = bool(centered)
+        self.centered = _flag("centered", centered)
         self.slots = {
             "square_avg": 0.0,
             **({"momentum_buffer": 0.0} if self.momentum else {}),
@@ -290,12 +319,10 @@ class Adam(Optimizer):
         clip_norm: float | None = None,
     ) -> None:
         super().__init__(lr, clip_norm)
-        if isinstance(betas, str) or not hasattr(betas, "__len__") or len(betas) != 2:
-            raise ValueError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        self.betas = (_fraction("betas[0]", betas[0]), _fraction("betas[1]", betas[1]))
+        self.betas = _fraction_pair("betas", betas)
         self.eps = positive_number("eps", eps)
         self.weight_decay = positive_number("weight_decay", weight_decay, allow_zero=True)
-        self.amsgrad = bool(amsgrad)
+        self.amsgrad = _flag("amsgrad", amsgrad)
         self.slots = {"exp_avg": 0.0, "exp_avg_sq": 0.0}
         if self.amsgrad:
             self.slots["max_exp_avg_sq"] = 0.0
