@@ -25,6 +25,7 @@ import io
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument(
             "--seed",
-            type=int,
+            type=_non_negative_int,
             default=0,
             help="seeds the data, the split, the initial weights and the shuffling (default: 0)",
         )
@@ -451,6 +452,84 @@ def _check_width(model: Any, X: np.ndarray, where: str, hint: str = "") -> None:
         )
 
 
+def _check_output(option: str, path: str) -> None:
+    """Make sure ``path`` can be written, before any work; a CommandError naming ``option``.
+
+    Creates its folder (as saving would) and writes and removes a probe file there,
+    which finds read-only folders, full or read-only file systems and ancestors
+    that are files, whoever runs the command.
+    """
+    p = Path(path)
+    if p.is_dir():
+        raise CommandError(f"{option} {path}: is a folder; give a file name in it")
+    if p.exists() and not p.is_file():
+        raise CommandError(f"{option} {path}: exists and is not a regular file")
+    if p.exists() and not os.access(p, os.W_OK):
+        raise CommandError(f"{option} {path}: the file exists and is read-only")
+    ancestor = p.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise CommandError(f"{option} {path}: {ancestor} is a file, not a folder")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".probe")
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise CommandError(f"{option} {path}: cannot write in {p.parent} ({reason})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _unreadable(option: str, path: Any, e: Exception) -> CommandError | None:
+    """A CommandError naming ``option`` for a file that is not UTF-8 text or that holds
+    pickled Python objects (never loaded); None for other errors."""
+    if isinstance(e, UnicodeDecodeError):
+        byte = e.object[e.start : e.start + 1].hex()
+        return CommandError(
+            f"{option} {path}: not UTF-8 text (byte 0x{byte} at offset {e.start}); "
+            "save the file as UTF-8"
+        )
+    if isinstance(e, ValueError) and ("allow_pickle" in str(e) or "pickled" in str(e)):
+        return CommandError(
+            f"{option} {path}: holds Python objects (an object array or pickled data), "
+            "which portnn does not load; save the arrays with a numeric dtype"
+        )
+    return None
+
+
+def _load_data(args: argparse.Namespace) -> Any:
+    """``load_dataset`` for the command's --dataset, --test-size, --seed and --target."""
+    from .datasets import load_dataset
+
+    try:
+        return load_dataset(
+            args.dataset, test_size=args.test_size, seed=args.seed, target=args.target
+        )
+    except ValueError as e:  # UnicodeDecodeError included
+        found = _unreadable("--dataset", args.dataset, e)
+        if found is None:
+            raise
+        raise found from None
+
+
+def _class_count(dataset: str, y_train: np.ndarray, y_test: np.ndarray) -> int:
+    """The number of classes K, from labels that must be 0, 1, ..., K-1 with K at most
+    the number of samples (a label such as 1000000000 would otherwise ask for that many
+    output units); labels are not renumbered, since predictions are these class numbers."""
+    n_samples = int(y_train.shape[0] + y_test.shape[0])
+    top = int(max(y_train.max(), y_test.max()))
+    if top + 1 > n_samples:
+        raise CommandError(
+            f"--dataset {dataset}: the largest label is {top}, which would make {top + 1} "
+            f"classes for {n_samples} samples; number the classes 0, 1, ..., K-1 "
+            f"(K at most the number of samples), or use text labels"
+        )
+    if top + 1 < 2:
+        raise CommandError(f"{dataset}: needs at least two classes, found only label 0")
+    return top + 1
+
+
 def _load_model(path: str, backend: str | None) -> Any:
     if not Path(path).is_file():
         raise CommandError(f"no model file {path!r}")
@@ -470,6 +549,25 @@ def _read_samples(path: str, column: str | int | None) -> np.ndarray:
     suffix = p.suffix.lower()
     if column is not None and suffix != ".csv":
         raise CommandError("--target applies to CSV input only")
+    try:
+        X = _read_sample_file(p, suffix, column)
+    except ValueError as e:  # UnicodeDecodeError included
+        found = _unreadable("--input", path, e)
+        if found is None:
+            raise
+        raise found from None
+    X = np.asarray(X)
+    if X.ndim == 1:
+        X = X[None, :]
+    if X.ndim != 2 or X.shape[0] == 0:
+        raise CommandError(f"{path}: expected a 2-D array of samples, got shape {X.shape}")
+    if X.dtype.kind not in "iufb":
+        raise CommandError(f"{path}: samples must be numbers, got dtype {X.dtype}")
+    return X.astype(np.float32)
+
+
+def _read_sample_file(p: Path, suffix: str, column: str | int | None) -> Any:
+    path = str(p)
     if suffix == ".npy":
         X = np.load(p, allow_pickle=False)
     elif suffix == ".npz":
@@ -488,14 +586,7 @@ def _read_samples(path: str, column: str | int | None) -> np.ndarray:
         raise CommandError(
             f"{path}: unsupported input type {suffix or '(none)'!r}; use .csv, .npz or .npy"
         )
-    X = np.asarray(X)
-    if X.ndim == 1:
-        X = X[None, :]
-    if X.ndim != 2 or X.shape[0] == 0:
-        raise CommandError(f"{path}: expected a 2-D array of samples, got shape {X.shape}")
-    if X.dtype.kind not in "iufb":
-        raise CommandError(f"{path}: samples must be numbers, got dtype {X.dtype}")
-    return X.astype(np.float32)
+    return X
 
 
 def _is_number(text: str) -> bool:
@@ -575,7 +666,6 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from ._checks import lookup
     from .backend import get_backend
-    from .datasets import load_dataset
 
     # everything that can be checked is checked before the data is loaded and the model trained
     backend = get_backend()
@@ -588,9 +678,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         from .plot import _pyplot
 
         _pyplot()  # matplotlib is there
-    for path in (args.out, args.plot):
+    for option, path in (("--out", args.out), ("--plot", args.plot)):
         if path:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _check_output(option, path)
     if args.out:
         try:
             importlib.import_module("portnn.io")
@@ -599,12 +689,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                 f"saving models needs portnn.io, which could not be imported ({e})"
             ) from None
 
-    X_train, X_test, y_train, y_test = load_dataset(
-        args.dataset, test_size=args.test_size, seed=args.seed, target=args.target
-    )
-    n_classes = int(max(y_train.max(), y_test.max())) + 1
-    if n_classes < 2:
-        raise CommandError(f"{args.dataset}: needs at least two classes, found only label 0")
+    X_train, X_test, y_train, y_test = _load_data(args)
+    n_classes = _class_count(args.dataset, y_train, y_test)
     model = _build_model(X_train.shape[1], args.hidden, n_classes, args.activation, args.seed)
     print(
         f"data: {args.dataset}: {X_train.shape[0]} train / {X_test.shape[0]} test samples, "
@@ -678,12 +764,8 @@ def _write_plot(path: str, model: Any, history: Any, X: np.ndarray, y: np.ndarra
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .datasets import load_dataset
-
     model = _load_model(args.model, args.backend)
-    _, X_test, _, y_test = load_dataset(
-        args.dataset, test_size=args.test_size, seed=args.seed, target=args.target
-    )
+    _, X_test, _, y_test = _load_data(args)
     _check_width(model, X_test, f"data set {args.dataset!r}")
     loss, accuracy = _scores(model, X_test, y_test)
     print(f"test samples: {X_test.shape[0]}")
@@ -694,6 +776,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.backend)
+    if args.out:
+        _check_output("--out", args.out)
     X = _read_samples(args.input, args.target)
     hint = ""
     first = _first_dense(model)
@@ -702,7 +786,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     _check_width(model, X, f"{args.input}", hint)
     classes = _predicted_classes(model, X)
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["prediction"])
@@ -719,7 +802,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model = _load_model(args.model, "numpy")  # exporting reads the arrays on the host anyway
     _check_batch_dim(args.batch_dim)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)  # as train --out and predict --out
+    _check_output("OUT", args.out)  # as train --out and predict --out
     export_onnx(model, args.out, batch_dim=args.batch_dim)
     dtype = model.compute_dtype()
     shape = f"({args.batch_dim}, {_model_width(model)})"
