@@ -35,9 +35,15 @@ class Callback:
     """Base class; override the hooks you need. ``self.model`` is set by ``fit``."""
 
     model: Any = None
+    params: dict[str, Any] | None = None
 
     def set_model(self, model: Any) -> None:
         self.model = model
+
+    def set_params(self, params: dict[str, Any]) -> None:
+        """What ``fit`` was asked for: ``epochs``, ``initial_epoch``, ``steps`` (batches per
+        epoch) and ``batch_size``, as Keras's ``Callback.params``."""
+        self.params = params
 
     def on_train_begin(self, logs: dict[str, float]) -> None: ...
 

@@ -5,6 +5,12 @@ and goes to the model's device one batch at a time; on an accelerator the next
 batch is gathered on a worker thread while the current one computes. Data
 already on the model's backend is batched on the device with ``take``.
 
+The worker belongs to the :class:`Batcher`, not to a batch generator: the loop
+that made the batcher closes it (``with Batcher(...) as batcher:``), so the
+worker stops when the loop ends, raises or is interrupted. A generator left
+behind by a failed loop owns nothing; the garbage collector may finalize it on
+any thread without joining one.
+
 A Dask array (possibly held by the workers of a ``dask.distributed`` cluster)
 is never gathered whole: each batch computes only its own rows, one selection
 per chunk it touches, and the next batch is computed while the current one
@@ -16,7 +22,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -25,6 +31,9 @@ from ._checks import as_input, check_dtype, check_ndim, check_not_empty, host_ar
 from .backend import Backend, _library_name, dtype_name, to_numpy
 
 __all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows"]
+
+# the name of the worker threads that gather the next batch
+PREFETCH_THREAD = "portnn-prefetch"
 
 # rows per chunk when scanning host data for NaN/inf (bounded memory for memmaps)
 _SCAN_ROWS = 1 << 16
@@ -141,7 +150,8 @@ def take_rows(data: Any, start: int, stop: int) -> Any:
 class Batcher:
     """Batches of ``(X, y)`` on the model's backend, in the model's dtype.
 
-    ``y`` may be None (prediction). Batches follow ``order`` (a host permutation)
+    Use it as a context manager (or call :meth:`close`): it owns the worker
+    thread that gathers the next host batch. ``y`` may be None (prediction). Batches follow ``order`` (a host permutation)
     or the data's own order when ``order`` is None.
     """
 
@@ -155,6 +165,24 @@ class Batcher:
         self.y = backend.asarray(y, y_dtype) if self.on_device and y is not None else y
         # overlap the host gather (and its copy) with compute where there is a device
         self.prefetch = not self.on_device and (str(backend) != "numpy" or self.dask)
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the prefetch worker: a gather in progress finishes, queued ones are dropped."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, fn: Any, *args: Any) -> Future:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=PREFETCH_THREAD)
+        return self._pool.submit(fn, *args)
 
     def __len__(self) -> int:
         return int(self.X.shape[0])
@@ -178,13 +206,12 @@ class Batcher:
             for sel, (a, b) in zip(selections, bounds):
                 yield (*self._host_batch(sel), b - a)
             return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._host_batch, selections[0])
-            for i, (a, b) in enumerate(bounds):
-                xb, yb = pending.result()
-                if i + 1 < len(bounds):
-                    pending = pool.submit(self._host_batch, selections[i + 1])
-                yield xb, yb, b - a
+        pending = self._submit(self._host_batch, selections[0])
+        for i, (a, b) in enumerate(bounds):
+            xb, yb = pending.result()
+            if i + 1 < len(bounds):
+                pending = self._submit(self._host_batch, selections[i + 1])
+            yield xb, yb, b - a
 
     def select(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
         """Batches of the given rows: each selection a slice or a host array of row indices."""
@@ -208,13 +235,12 @@ class Batcher:
                 xb, yb = self._host_batch(sel)
                 yield xb, yb, int(xb.shape[0])
             return
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._host_batch, selections[0]) if selections else None
-            for i in range(len(selections)):
-                xb, yb = pending.result()
-                if i + 1 < len(selections):
-                    pending = pool.submit(self._host_batch, selections[i + 1])
-                yield xb, yb, int(xb.shape[0])
+        pending = self._submit(self._host_batch, selections[0]) if selections else None
+        for i in range(len(selections)):
+            xb, yb = pending.result()
+            if i + 1 < len(selections):
+                pending = self._submit(self._host_batch, selections[i + 1])
+            yield xb, yb, int(xb.shape[0])
 
     def _dask_batches(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
         """Batches of a Dask matrix, computed a window of about one chunk's rows at a time
@@ -229,13 +255,12 @@ class Batcher:
                 filled = 0
             windows[-1].append(r)
             filled += r.size
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = pool.submit(self._dask_window, windows[0])
-            for i in range(len(windows)):
-                ready = pending.result()
-                if i + 1 < len(windows):
-                    pending = pool.submit(self._dask_window, windows[i + 1])
-                yield from ready
+        pending = self._submit(self._dask_window, windows[0])
+        for i in range(len(windows)):
+            ready = pending.result()
+            if i + 1 < len(windows):
+                pending = self._submit(self._dask_window, windows[i + 1])
+            yield from ready
 
     def _dask_window(self, window: list[np.ndarray]) -> list[tuple[Any, Any, int]]:
         host = _dask_rows(self.X, np.concatenate(window))

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from ._guard import arrays_of
 from .layers import Module
 from .losses import Loss
 from .optimizers import Optimizer
@@ -33,8 +34,8 @@ class CompiledStep:
     """One training step of ``model`` compiled with ``jax.jit``; call it with a batch.
 
     ``step(xb, yb)`` applies the step to the model (parameters, buffers and
-    optimizer state) unless ``check`` is set and the loss or a gradient is not
-    finite, and returns ``(loss value, predictions, finite)``; ``finite`` is a
+    optimizer state) unless ``check`` is set and the loss, a gradient, an updated
+    parameter or an updated optimizer slot is not finite, and returns ``(loss value, predictions, finite)``; ``finite`` is a
     Python bool (one host read) when ``check`` is set, else None.
     """
 
@@ -78,10 +79,12 @@ class CompiledStep:
             new_params, new_state = opt.update(dict(params), grads, opt_state, xp)
             finite = None
             if self.check:
-                probe = value
-                for g in grads.values():
-                    probe = probe + xp.sum(g)
-                finite = xp.isfinite(probe)
+                # the update itself may overflow: its results are probed with the gradients
+                produced = [*grads.values(), *new_params.values(), *arrays_of(new_state)]
+                finite = xp.isfinite(value)
+                for a in produced:  # exact, entry by entry: XLA fuses these reductions
+                    if xp.isdtype(a.dtype, "real floating"):
+                        finite = finite & xp.all(xp.isfinite(a))
                 # a non-finite step changes nothing: every output falls back to its input
                 keep = self._jax.tree_util.tree_map
                 new_params = keep(lambda new, old: xp.where(finite, new, old), new_params, dict(params))
@@ -140,11 +143,12 @@ class CompiledStep:
         noise = self._noise(xb, yb, args)
         new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
         ok = None if finite is None else bool(finite)
-        if ok is not False:
-            self._set(new_params, new_buffers)
-            model.optimizer_state = new_state
-        else:
-            model.optimizer_state = state
+        with model._update_lock:
+            if ok is not False:
+                self._set(new_params, new_buffers)
+                model.optimizer_state = new_state
+            else:
+                model.optimizer_state = state
         return value, pred, ok
 
     def finish(self) -> None:

@@ -2,7 +2,9 @@
 
 Each schedule sets ``model.optimizer.lr`` at the start of every epoch from the
 epoch index and the learning rate the optimizer was created with (its *base*
-rate), with PyTorch's formulas. ``ReduceLROnPlateau`` instead lowers the rate
+rate), with PyTorch's formulas. The rate of every epoch of a run is checked when
+training begins: a schedule whose rate overflows or is not a finite number >= 0
+is a ``ValueError`` before the first step. ``ReduceLROnPlateau`` instead lowers the rate
 when a logged quantity stops improving.
 """
 
@@ -33,12 +35,38 @@ class Schedule(Callback):
     def lr_at(self, epoch: int, base_lr: float) -> float:
         return base_lr * self.factor(epoch)
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
+    def _base_lr(self) -> float:
         optimizer = self.model.optimizer
         base = getattr(optimizer, "initial_lr", None)
-        if base is None:
-            base = optimizer.initial_lr = optimizer.lr
-        optimizer.lr = self.lr_at(epoch, base)
+        return optimizer.lr if base is None else base
+
+    def _checked_lr(self, epoch: int, base: float) -> float:
+        """The rate of ``epoch``, or a ValueError if it is not a finite number >= 0."""
+        try:
+            lr = float(self.lr_at(epoch, base))
+        except OverflowError:
+            lr = math.inf
+        if not (math.isfinite(lr) and lr >= 0):
+            raise ValueError(
+                f"{type(self).__name__} gives a learning rate of {lr!r} at epoch {epoch} (base "
+                f"rate {base!r}); a rate must be a finite number >= 0: check the schedule's factors"
+            )
+        return lr
+
+    def on_train_begin(self, logs: dict[str, float]) -> None:
+        """Check the rate of every epoch of this run before the first step."""
+        params = getattr(self, "params", None) or {}
+        base = self._base_lr()
+        for epoch in range(params.get("initial_epoch", 0), params.get("epochs", 0)):
+            self._checked_lr(epoch, base)
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
+        optimizer = self.model.optimizer
+        base = self._base_lr()
+        lr = self._checked_lr(epoch, base)  # before anything changes
+        if getattr(optimizer, "initial_lr", None) is None:
+            optimizer.initial_lr = base
+        optimizer.lr = lr
 
 
 class StepLR(Schedule):

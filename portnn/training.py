@@ -23,6 +23,7 @@ from .layers import Module, Sigmoid, Softmax
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer
+from ._guard import Rollback, all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
 
@@ -346,6 +347,7 @@ def fit(
     # everything is valid: from here on the model may change; if fit fails before its
     # first step, these are put back
     previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history")}
+    optimizer_before = dict(vars(opt))  # a schedule's lr and initial_lr included
     model.loss = loss_obj
     if opt is not getattr(model, "optimizer", None) or getattr(model, "optimizer_state", None) is None:
         model.optimizer = opt
@@ -356,12 +358,12 @@ def fit(
     penalized = _penalized(model)
     logits = _outputs_are_logits(model, loss_obj)
     base_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+    params = {"epochs": epochs, "initial_epoch": initial_epoch, "steps": -(-n // batch_size), "batch_size": batch_size}
     for cb in callback_objs:
         cb.set_model(model)
-    was_training = model.training
+        cb.set_params(params)
     logs: dict[str, Any] = {}
     check = on_nonfinite is not None
-    model.train()
     applied = 0
     compiled = _compiled_step(model, loss_obj, opt, penalized, check) if jit else None
     with deferred_signals() as interrupt:
@@ -407,9 +409,7 @@ def fit(
                 logs = {"loss": float(total) / seen if seen else math.nan}
                 logs.update(_results(metric_objs) if seen else {})
                 if validation is not None:
-                    model.train(False)
                     val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
-                    model.train(True)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 logs["lr"] = float(opt.lr)
                 if on_nonfinite == "skip_batch":
@@ -421,13 +421,15 @@ def fit(
                 if model.stop_training:
                     break
         except BaseException:
-            if not applied:
+            if not applied:  # nothing was trained: the model and the optimizer are as they were
                 for key, value in previous.items():
                     setattr(model, key, value)
+                vars(opt).clear()
+                vars(opt).update(optimizer_before)
             raise
         finally:
+            batcher.close()  # the prefetch worker stops here, whatever ended the loop
             progress.close()
-            model.train(was_training)
             if compiled is not None:
                 compiled.finish()
             if dist is not None:
@@ -447,10 +449,11 @@ class _EagerStep:
     """One training step on the portable path, op by op; call it with a batch.
 
     ``step(xb, yb)`` computes the loss and gradients (with ``dist``: this rank's
-    share, averaged over all ranks), applies the optimizer's update unless
-    ``check`` is set and the loss or a gradient is not finite (a skipped batch's
-    running statistics are undone too), and returns ``(loss value, predictions,
-    finite)``, as :class:`portnn.jit.CompiledStep` does for the compiled path.
+    share, averaged over all ranks) and applies the optimizer's update; with
+    ``check`` set, a step whose loss, gradients, updated parameters or updated
+    optimizer slots are not all finite is undone (parameters, slots and this
+    batch's running statistics), in one host read. Returns ``(loss value,
+    predictions, finite)``, as :class:`portnn.jit.CompiledStep` does.
     """
 
     def __init__(
@@ -461,22 +464,31 @@ class _EagerStep:
         self.xp = model.xp
         self.slots = model._slots()
         self.has_buffers = bool(model.buffers())
+        self.rollback = Rollback()
 
     def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
-        model = self.model
+        model, xp = self.model, self.xp
         buffers = model.buffers() if self.has_buffers and self.check else None
         compute = lambda: _value_and_grad(model, self.loss, xb, yb, self.penalized)  # noqa: E731
         if self.dist is None:
             value, grads, pred = compute()
         else:  # this rank's share, then averaged over all ranks
             value, grads, pred = self.dist.value_and_grad(compute, model, xb, self.interrupt)
-        finite = _all_finite(value, grads, self.xp) if self.check else None
-        if finite is False:
-            if buffers:
-                model.load_buffers(buffers)  # undo this batch's running statistics
-            return value, pred, finite
-        params, model.optimizer_state = self.opt.update(model.parameters(), grads, model.optimizer_state, self.xp)
-        model._assign(params, self.slots)
+        params, state = model.parameters(), model.optimizer_state
+        if self.check:
+            self.rollback.save([*params.values(), *arrays_of(state)])
+        with model._update_lock:
+            new_params, new_state = self.opt.update(params, grads, state, xp)
+            finite = None
+            if self.check:
+                finite = all_finite(value, [*grads.values(), *new_params.values(), *arrays_of(new_state)], xp)
+            if finite is False:
+                self.rollback.restore()  # parameters and slots as before this step
+                if buffers:
+                    model.load_buffers(buffers)  # undo this batch's running statistics
+                return value, pred, finite
+            model._assign(new_params, self.slots)
+            model.optimizer_state = new_state
         return value, pred, finite
 
 
@@ -484,14 +496,6 @@ def _compiled_step(model: Module, loss: Loss, opt: Optimizer, penalized: list, c
     from .jit import CompiledStep
 
     return CompiledStep(model, loss, opt, lambda m, l, xb, yb: _value_and_grad(m, l, xb, yb, penalized), check)
-
-
-def _all_finite(value: Any, grads: dict[str, Any], xp: Any) -> bool:
-    """Whether the loss and every gradient are finite (one host read per step)."""
-    probe = value
-    for g in grads.values():
-        probe = probe + xp.sum(g)  # NaN/inf anywhere makes the sum non-finite
-    return math.isfinite(float(probe))
 
 
 def _results(metric_objs: list[Metric]) -> dict[str, Any]:
@@ -515,14 +519,15 @@ def _evaluate(
     fresh = [copy.copy(m) for m in metric_objs]  # the training metrics keep their sums
     for m in fresh:
         m.reset()
-    for xb, yb, nb in Batcher(model.backend, _model_dtype(model), X, y, y_dtype).batches(None, batch_size):
-        pred, _ = model._forward(xb, False)
-        value, _ = loss.value_and_grad(pred, yb, xp)
-        total = total + value * nb
-        if fresh:
-            batch = Batch(pred, yb, xp, logits)
-            for m in fresh:
-                m.update(batch)
+    with Batcher(model.backend, _model_dtype(model), X, y, y_dtype) as batcher:
+        for xb, yb, nb in batcher.batches(None, batch_size):
+            pred, _ = model._forward(xb, False)
+            value, _ = loss.value_and_grad(pred, yb, xp)
+            total = total + value * nb
+            if fresh:
+                batch = Batch(pred, yb, xp, logits)
+                for m in fresh:
+                    m.update(batch)
     return {"loss": float(total) / n, **_results(fresh)}
 
 
@@ -551,21 +556,16 @@ def evaluate(
     batch_size = count("batch_size", batch_size, allow_none=True)
     X = feature_matrix(model.backend, "X", X, _model_dtype(model), finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
-    was_training = model.training
-    model.eval()
-    try:
-        results = _evaluate(
-            model,
-            loss_obj,
-            X,
-            targets.values,
-            targets.dtype,
-            metric_objs,
-            int(X.shape[0]) if batch_size is None else batch_size,
-            _outputs_are_logits(model, loss_obj),
-        )
-    finally:
-        model.train(was_training)
+    results = _evaluate(
+        model,
+        loss_obj,
+        X,
+        targets.values,
+        targets.dtype,
+        metric_objs,
+        int(X.shape[0]) if batch_size is None else batch_size,
+        _outputs_are_logits(model, loss_obj),
+    )
     return results if metrics is not None else results["loss"]
 
 
@@ -583,13 +583,13 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
         return _over_dask(model, X, lambda m, b: predict(m, b, batch_size, check_finite))
     if _ndim(X) == 1:
         x = as_input(backend, "X", X, dtype, finite=check_finite)
-        return model._forward(x[None, :], False)[0][0, ...]
+        with model._update_lock:
+            return model._forward(x[None, :], False)[0][0, ...]
     X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
     n = int(X.shape[0])
-    outputs = [
-        model._forward(xb, False)[0]
-        for xb, _, _ in Batcher(backend, dtype, X).batches(None, n if batch_size is None else batch_size)
-    ]
+    # the lock: a training step in another thread never lands half-way through these outputs
+    with Batcher(backend, dtype, X) as batcher, model._update_lock:
+        outputs = [model._forward(xb, False)[0] for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
     return outputs[0] if len(outputs) == 1 else backend.xp.concat(outputs, axis=0)
 
 
