@@ -11,6 +11,7 @@ Only ``self.xp`` (the backend's Array API namespace) is used for math.
 from __future__ import annotations
 
 import copy
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -46,7 +47,9 @@ class Module:
 
     Parameters live on one backend (``model.backend``); ``model.to(name)``
     moves them. A module starts in inference mode; ``train()`` / ``eval()``
-    switch it, and ``fit`` trains in training mode and restores the mode after.
+    switch the mode that calling it (``model(x)``, ``forward``) uses. ``fit``,
+    ``evaluate`` and ``predict`` choose their own mode per call and leave this
+    flag alone, so a training run never changes what other threads see.
     """
 
     training: bool = False
@@ -247,10 +250,24 @@ class Module:
         """An independent deep copy (parameters copied on the same backend)."""
         return copy.deepcopy(self)
 
+    @property
+    def _update_lock(self) -> threading.RLock:
+        """Held while a training step writes the parameters and while ``predict`` reads them,
+        so that inference in another thread sees the weights of one whole step."""
+        lock = self.__dict__.get("_lock")
+        if lock is None:
+            lock = self.__dict__.setdefault("_lock", threading.RLock())
+        return lock
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_lock"}
+
     def __deepcopy__(self, memo: dict) -> Module:
         clone = object.__new__(type(self))
         memo[id(self)] = clone
         for k, v in self.__dict__.items():
+            if k == "_lock":
+                continue
             if k == "_backward":
                 clone.__dict__[k] = None
             elif k in ("_params", "_buffers", "_grads"):
