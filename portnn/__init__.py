@@ -14,7 +14,7 @@ from .training import History, TrainingDivergedError, evaluate, fit, gradient_ch
 from . import callbacks, metrics, schedules
 from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
 from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
-from .io import load, save
+from .io import load, register, save
 from .distributed import DataParallel, DistributedError
 from .export import ExportError, export_onnx
 

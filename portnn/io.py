@@ -13,10 +13,13 @@ A file written by :func:`save` holds
   dtype, shape and bytes, verified on load: a damaged file is an error, never a
   silently different model.
 
-:func:`load` rebuilds the model from class names looked up in
-:attr:`Module.registry <portnn.layers.Module.registry>` and the loss and
-optimizer registries: nothing in a file is evaluated or unpickled, so loading a
-file never runs code from it.
+:func:`load` rebuilds the model from class names: portnn's own classes
+(:attr:`Module.registry <portnn.layers.Module.registry>` and the loss and
+optimizer classes of portnn), and classes of the user's own passed as
+``custom_objects`` or registered with :func:`register`. Nothing in a file is
+evaluated or unpickled, and everything it says (class names, the sizes its
+architecture claims against the tensors it stores, dtypes and values) is
+checked before any layer is built (see ``portnn._file_checks``).
 
 The array library is imported lazily; without it, :func:`save` and
 :func:`load` raise an :class:`ImportError` that names the extra to install
@@ -28,25 +31,27 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import math
 import os
 import secrets
 import stat
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
+from . import _file_checks as checks
+from ._file_checks import FORMAT_VERSION, Bad as _Bad, check_node as _check_node
 from .backend import _make_backend, dtype_name, get_backend, to_numpy, use_backend
-from .layers import Module, Sequential
-from .losses import LOSSES, Loss
-from .optimizers import OPTIMIZERS, Optimizer
+from .layers import Dense, Module, Sequential
+from .optimizers import Optimizer
 
-__all__ = ["FORMAT_VERSION", "load", "save"]
+__all__ = ["FORMAT_VERSION", "load", "register", "save"]
 
 #: Version of the file layout written by :func:`save`; :func:`load` reads this version.
-FORMAT_VERSION = 1
+FORMAT_VERSION = FORMAT_VERSION
 
-_META_KEY = "portnn"
+_META_KEY = checks._META_KEY
 _CHECKSUM_KEY = "portnn_sha256"
 _PARAM = "param/"
 _BUFFER = "buffer/"
@@ -66,26 +71,6 @@ def _safetensors() -> Any:
     return safetensors
 
 
-def _classes(registry: Mapping[str, type], base: type) -> dict[str, type]:
-    """Class name -> class for the registry's values, their subclasses and ``base``'s.
-
-    Looked up at call time, so classes defined after import (new optimizers,
-    a user's own loss) are found. Registry values win over other classes of the
-    same name.
-    """
-    found: dict[str, type] = {}
-    queue = list(registry.values()) + list(base.__subclasses__())
-    seen: set[type] = set()
-    while queue:
-        cls = queue.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        found.setdefault(cls.__name__, cls)
-        queue.extend(cls.__subclasses__())
-    return found
-
-
 def _json_config(what: str, config: Any) -> dict[str, Any]:
     if not isinstance(config, dict) or not all(isinstance(k, str) for k in config):
         raise TypeError(f"{what}.config() must return a dict with string keys, got {config!r}")
@@ -96,21 +81,15 @@ def _json_config(what: str, config: Any) -> dict[str, Any]:
     return config
 
 
-def _named_object(kind: str, obj: Any, registry: Mapping[str, type], base: type) -> dict[str, Any] | None:
+def _named_object(kind: str, obj: Any) -> dict[str, Any] | None:
     if obj is None:
         return None
-    name = type(obj).__name__
-    if _classes(registry, base).get(name) is not type(obj):
-        raise ValueError(
-            f"cannot save the model's {kind}: its class {type(obj).__module__}.{name} is not "
-            f"found by the name {name!r} among the {kind} classes portnn knows "
-            f"(subclasses of {base.__name__}); give it a unique class name"
-        )
+    name = checks.saved_name(kind, type(obj))
     return {"class": name, "config": _json_config(f"{kind} {name}", obj.config())}
 
 
 def _optimizer_node(optimizer: Optimizer | None) -> dict[str, Any] | None:
-    node = _named_object("optimizer", optimizer, OPTIMIZERS, Optimizer)
+    node = _named_object("optimizer", optimizer)
     # a learning-rate schedule keeps the rate it started from on the optimizer;
     # without it a resumed schedule would restart from the already-lowered rate
     initial_lr = getattr(optimizer, "initial_lr", None)
@@ -120,15 +99,7 @@ def _optimizer_node(optimizer: Optimizer | None) -> dict[str, Any] | None:
 
 
 def _architecture(module: Module) -> dict[str, Any]:
-    cls = type(module)
-    name = cls.__name__
-    if Module.registry.get(name) is not cls:
-        raise ValueError(
-            f"cannot save layer class {cls.__module__}.{name}: load() finds layers by class name "
-            f"in Module.registry, where {name!r} "
-            + ("is missing (names starting with '_' are not registered)" if name not in Module.registry
-               else f"is {Module.registry[name].__module__}.{name}")
-        )
+    name = checks.saved_name("layer", type(module))
     config = _json_config(name, module.config())
     if isinstance(module, Sequential):
         node: dict[str, Any] = {"class": name, "layers": [_architecture(m) for m in module.layers]}
@@ -141,6 +112,28 @@ def _architecture(module: Module) -> dict[str, Any]:
             "be rebuilt from its config alone"
         )
     return {"class": name, "config": config}
+
+
+C = TypeVar("C", bound=type)
+
+
+def register(cls: C) -> C:
+    """Let :func:`load` find a layer, loss or optimizer class of your own by its name.
+
+    Use it as a decorator (``@portnn.register``) or call it (``portnn.register(cls)``);
+    it returns the class. Files store class names only, so a file names your
+    class and :func:`load` builds it only if it is registered or passed as
+    ``load(path, custom_objects={"Name": cls})``, like Keras's
+    ``register_keras_serializable`` and ``custom_objects``. Registering again
+    under the same name replaces the earlier class (a class redefined in a
+    notebook). portnn's own class names cannot be taken.
+
+    :raises TypeError: if ``cls`` is not a subclass of :class:`~portnn.Module`,
+        :class:`~portnn.Loss` or :class:`~portnn.Optimizer`.
+    :raises ValueError: if its name is that of one of portnn's own classes.
+    """
+    checks.register_class(cls)
+    return cls
 
 
 def _file_name(path: Any) -> str:
@@ -223,10 +216,11 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         "format_version": FORMAT_VERSION,
         "portnn_version": __version__,
         "architecture": _architecture(model),
-        "loss": _named_object("loss", getattr(model, "loss", None), LOSSES, Loss),
+        "loss": _named_object("loss", getattr(model, "loss", None)),
         "optimizer": _optimizer_node(optimizer),
         "optimizer_step": step,
         "extra_state": extra_state,
+        "resume_point": getattr(model, "resume_point", None),
     }
     try:
         text = json.dumps(meta)
@@ -248,14 +242,21 @@ def _checksum(meta_text: str, tensors: Mapping[str, np.ndarray]) -> str:
 
 
 def _atomic_write(path: str, produce: Any) -> None:
-    """Write ``produce()``'s bytes to ``path`` through a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
+    """Write ``produce()``'s bytes to ``path`` through a temporary file and a rename.
+
+    A symlink at ``path`` stays: its target gets the new content. A directory,
+    pipe or device at ``path`` is refused. Temporary files of earlier saves to
+    the same file whose process died (SIGKILL) are removed first.
+    """
+    target = checks.save_target(path)
+    directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise FileNotFoundError(errno.ENOENT, f"cannot save {path!r}: no such directory", directory)
-    base = os.path.basename(path)
+    base = os.path.basename(target)
+    checks.remove_stale_temps(directory, base)
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
     while True:
-        tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp")
+        tmp = os.path.join(directory, checks.temp_name(base, secrets.token_hex(6)))
         try:
             fd = os.open(tmp, flags, 0o666)  # the umask applies, as for an ordinary file
             break
@@ -264,7 +265,7 @@ def _atomic_write(path: str, produce: Any) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             try:
-                mode = stat.S_IMODE(os.stat(path).st_mode)
+                mode = stat.S_IMODE(os.stat(target).st_mode)
             except OSError:
                 mode = None
             if mode is not None and hasattr(os, "fchmod"):
@@ -272,7 +273,7 @@ def _atomic_write(path: str, produce: Any) -> None:
             f.write(produce())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -302,48 +303,65 @@ def _fsync_directory(directory: str) -> None:
 # ---------------------------------------------------------------- load
 
 
-class _Bad(ValueError):
-    """A problem with the file's contents (turned into a ValueError naming the path)."""
-
-
 def load(
-    path: str | os.PathLike[str], backend: str | None = None, device: Any = None
+    path: str | os.PathLike[str],
+    backend: str | None = None,
+    device: Any = None,
+    *,
+    custom_objects: Mapping[str, type] | None = None,
 ) -> Module:
     """Load a model saved by :func:`save`, on ``backend`` (and ``device``).
 
-    The architecture is rebuilt from class names registered in portnn (no code
-    in the file is run), then parameters, buffers and extra state are restored.
-    Parameters keep the dtype they were saved with. If the model was trained,
-    ``model.loss``, ``model.optimizer`` and ``model.optimizer_state`` are
-    restored too (the state's arrays on the model's backend, the step count
-    included), so that ``model.fit(...)`` continues where training stopped.
+    The architecture is rebuilt from class names (no code in the file is run):
+    portnn's own classes, and classes of your own given in ``custom_objects`` or
+    registered with :func:`register`. Everything the file says is checked before
+    any layer is built: every class name, every size the architecture claims
+    against the tensors stored (so a small file never allocates a large model),
+    the dtypes and values of parameters, buffers and optimizer slots, the
+    optimizer's learning rates and each module's extra state. Then parameters,
+    buffers and extra state are restored. Parameters keep the dtype they were
+    saved with. If the model was trained, ``model.loss``, ``model.optimizer`` and
+    ``model.optimizer_state`` are restored too (the state's arrays on the
+    model's backend, the step count included), so that ``model.fit(...)``
+    continues where training stopped.
 
-    :param path: the file (``str`` or ``os.PathLike``).
+    :param path: the file (``str`` or ``os.PathLike``): a regular file, or a
+        symlink to one; a pipe or device is refused without being opened.
     :param backend: backend name such as ``"numpy"`` or ``"torch"``; None takes
         the current default backend (:func:`~portnn.get_backend`).
     :param device: device on that backend; None takes the backend's default
         (or, with ``backend=None``, the current default backend's device).
+    :param custom_objects: class name -> class, for layer, loss and optimizer
+        classes of your own (as Keras's ``load_model(custom_objects=...)``);
+        portnn's own class names cannot be given another class.
     :returns: the model, in inference mode.
     :raises FileNotFoundError: if there is no file at ``path``.
-    :raises ValueError: if the file is not a safetensors file, not a portnn
-        file, names a class portnn does not know, or holds tensors that do not
-        fit the architecture.
+    :raises IsADirectoryError: if ``path`` is a directory.
+    :raises ValueError: if ``path`` is not a regular file, the file is not a
+        safetensors file, not a portnn file, names a class that is neither
+        portnn's nor given or registered, or holds tensors or values that do
+        not fit the architecture.
     :raises ImportError: if safetensors is not installed.
     """
     path = _file_name(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "no such model file", path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, "expected a model file, got a directory", path)
+    custom = checks.check_custom_objects(custom_objects)
+    checks.check_model_file(path)
     st = _safetensors()
     try:
         with st.safe_open(path, framework="numpy") as f:
             metadata = f.metadata()
-            meta = _read_metadata(metadata)  # before reading any tensor
+            meta = checks.read_metadata(metadata)  # before reading any tensor
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+            checks.check_architecture(meta["architecture"], custom, shapes)
+            for kind in ("loss", "optimizer"):
+                if meta.get(kind) is not None:
+                    cls = checks.resolve(kind, meta[kind]["class"], custom, kind)
+                    checks.check_arguments(kind, cls, meta[kind].get("config", {}))
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         expected = metadata.get(_CHECKSUM_KEY)
         if expected != _checksum(metadata[_META_KEY], tensors):
             raise _Bad("its contents do not match the checksum saved with them (the file is damaged)")
+        checks.check_tensor_values(tensors, np)
     except st.SafetensorError as e:
         raise ValueError(f"{path} is not a valid safetensors file: {e}") from None
     except _Bad as e:
@@ -356,80 +374,48 @@ def load(
         else:
             target = get_backend()
         with use_backend(target):
-            model = _build(meta["architecture"])
-        _restore(model, meta, tensors)
+            model = _build(meta["architecture"], custom, tensors)
+        _restore(model, meta, tensors, custom)
     except _Bad as e:
         raise ValueError(f"{path}: {e}") from None
     return model
 
 
-def _read_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any]:
-    if not metadata or _META_KEY not in metadata:
-        raise _Bad(
-            "not a portnn model file: its safetensors metadata has no 'portnn' entry "
-            "(was it written by portnn.save?)"
-        )
+def _construct(kind: str, cls: type, config: dict[str, Any], *args: Any, arrays: Any = None) -> Any:
     try:
-        meta = json.loads(metadata[_META_KEY])
-    except (ValueError, RecursionError) as e:
-        raise _Bad(f"the 'portnn' metadata is not valid JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise _Bad(f"the 'portnn' metadata must be a JSON object, got {type(meta).__name__}")
-    version = meta.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise _Bad(f"the 'portnn' metadata has no integer format_version (got {version!r})")
-    if version != FORMAT_VERSION:
-        newer = " (written by a newer portnn; upgrade portnn)" if version > FORMAT_VERSION else ""
-        raise _Bad(f"format_version {version} cannot be read; this portnn reads {FORMAT_VERSION}{newer}")
-    for key, kind in (("architecture", dict), ("extra_state", dict)):
-        if not isinstance(meta.get(key), kind):
-            raise _Bad(f"the 'portnn' metadata has no valid {key!r} entry")
-    for key in ("loss", "optimizer"):
-        if meta.get(key) is not None:
-            _check_node(key, meta[key])
-    step = meta.get("optimizer_step")
-    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or step < 0):
-        raise _Bad(f"optimizer_step must be null or an integer >= 0, got {step!r}")
-    return meta
-
-
-def _check_node(what: str, node: Any) -> tuple[str, dict[str, Any]]:
-    if not isinstance(node, dict) or not isinstance(node.get("class"), str):
-        raise _Bad(f"{what} must be an object with a 'class' name, got {node!r}")
-    config = node.get("config", {})
-    if not isinstance(config, dict):
-        raise _Bad(f"{what} {node['class']!r} has a config that is not an object: {config!r}")
-    return node["class"], config
-
-
-def _construct(kind: str, cls: type, config: dict[str, Any], *args: Any) -> Any:
-    try:
-        return cls(*args, **config)
+        return cls(*args, **config, **(arrays or {}))
     except (TypeError, ValueError) as e:
         raise _Bad(f"cannot rebuild {kind} {cls.__name__} from config {config!r}: {e}") from None
 
 
-def _build(node: Any, where: str = "architecture") -> Module:
+def _build(
+    node: dict[str, Any],
+    custom: Mapping[str, Mapping[str, type]],
+    tensors: Mapping[str, np.ndarray],
+    where: str = "architecture",
+    prefix: str = "",
+) -> Module:
+    """The layers of an architecture :func:`~portnn._file_checks.check_architecture` accepted."""
     name, config = _check_node(where, node)
-    cls = Module.registry.get(name)
-    if cls is None:
-        raise _Bad(
-            f"unknown layer class {name!r} at {where}; portnn knows "
-            f"{', '.join(sorted(Module.registry))} (a layer defined outside portnn must be "
-            "imported before loading)"
-        )
+    cls = checks.resolve("layer", name, custom, where)
     if issubclass(cls, Sequential):
-        layers = node.get("layers")
-        if not isinstance(layers, list):
-            raise _Bad(f"{name} at {where} must list its 'layers'")
-        children = [_build(child, f"{where}.layers[{i}]") for i, child in enumerate(layers)]
+        children = [
+            _build(child, custom, tensors, f"{where}.layers[{i}]", f"{prefix}{i}.")
+            for i, child in enumerate(node["layers"])
+        ]
         return _construct("layer", cls, config, *children)
-    if "layers" in node:
-        raise _Bad(f"{name} at {where} is not a container but lists 'layers'")
+    if cls is Dense:
+        # zeros of the stored tensors' (checked) shapes: no random initialization to
+        # overwrite, and no finiteness check on values that load_parameters sets next
+        keys = ("weight", "bias") if bool(config.get("use_bias", True)) else ("weight",)
+        stored = {key: tensors.get(f"{_PARAM}{prefix}{key}") for key in keys}
+        arrays = {k: np.zeros(v.shape, v.dtype) for k, v in stored.items() if v is not None}
+        return _construct("layer", cls, {k: v for k, v in config.items() if k not in arrays}, arrays=arrays)
     return _construct("layer", cls, config)
 
 
-def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]) -> None:
+def _split(tensors: Mapping[str, np.ndarray]) -> tuple[dict, dict, dict[str, dict[str, np.ndarray]]]:
+    """(parameters, buffers, optimizer slots by parameter) from the file's tensor names."""
     params, buffers, optim = {}, {}, {}
     for key, value in tensors.items():
         if not value.flags.writeable:
@@ -443,8 +429,11 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
             optim.setdefault(param_name, {})[slot] = value
         else:
             raise _Bad(f"unexpected tensor {key!r} (portnn writes param/, buffer/ and optim/ tensors)")
+    return params, buffers, optim
 
-    # parameters and buffers: same names, same shapes; the saved dtype wins
+
+def _load_arrays(model: Module, params: dict[str, Any], buffers: dict[str, Any]) -> None:
+    """Parameters and buffers: the same names and shapes as the architecture; the saved dtype wins."""
     param_owners = {full: (owner._params, key) for full, owner, key in model._slots()}
     buffer_owners = {
         prefix + key: (module._buffers, key)
@@ -455,17 +444,8 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
         missing = [k for k in owners if k not in saved]
         unknown = [k for k in saved if k not in owners]
         if missing or unknown:
-            raise _Bad(
-                f"the {kind}s do not match the architecture: "
-                + "; ".join(
-                    part
-                    for part in (
-                        f"missing {missing}" if missing else "",
-                        f"not in the model {unknown}" if unknown else "",
-                    )
-                    if part
-                )
-            )
+            parts = [f"missing {missing}" if missing else "", f"not in the model {unknown}" if unknown else ""]
+            raise _Bad(f"the {kind}s do not match the architecture: " + "; ".join(p for p in parts if p))
         for full, (store, key) in owners.items():
             built, value = store[key], saved[full]
             if tuple(built.shape) != tuple(value.shape):
@@ -474,16 +454,25 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
                     f"architecture gives it shape {tuple(built.shape)}"
                 )
             if dtype_name(built.dtype) != value.dtype.name:
-                xp = model.xp
                 try:
-                    store[key] = xp.astype(built, model.backend.dtype(value.dtype.name))
+                    store[key] = model.xp.astype(built, model.backend.dtype(value.dtype.name))
                 except TypeError as e:
                     raise _Bad(f"{kind} {full!r}: {e}") from None
     try:
         model.load_parameters(params, check_finite=False)  # a diverged model still loads
         model.load_buffers(buffers)
-    except (KeyError, ValueError) as e:
-        raise _Bad(str(e)) from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise _Bad(str(e).strip("\"'")) from None
+
+
+def _restore(
+    model: Module,
+    meta: dict[str, Any],
+    tensors: dict[str, np.ndarray],
+    custom: Mapping[str, Mapping[str, type]],
+) -> None:
+    params, buffers, optim = _split(tensors)
+    _load_arrays(model, params, buffers)
 
     extra = meta["extra_state"]
     prefixes = dict(model.named_modules())
@@ -495,28 +484,22 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
             raise _Bad(f"extra_state for module {prefix!r} must be an object, got {state!r}")
         try:
             prefixes[prefix].load_extra_state(state)
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise _Bad(f"cannot restore the extra state of module {prefix!r}: {e}") from None
 
+    model.resume_point = _resume_point(meta.get("resume_point"))
     if meta.get("loss") is not None:
         name, config = _check_node("loss", meta["loss"])
-        cls = _classes(LOSSES, Loss).get(name)
-        if cls is None:
-            raise _Bad(f"unknown loss class {name!r}")
-        model.loss = _construct("loss", cls, config)
+        model.loss = _construct("loss", checks.resolve("loss", name, custom, "loss"), config)
 
     optimizer = None
     if meta.get("optimizer") is not None:
         name, config = _check_node("optimizer", meta["optimizer"])
-        cls = _classes(OPTIMIZERS, Optimizer).get(name)
-        if cls is None:
-            raise _Bad(f"unknown optimizer class {name!r}")
+        cls = checks.resolve("optimizer", name, custom, "optimizer")
         optimizer = model.optimizer = _construct("optimizer", cls, config)
         initial_lr = meta["optimizer"].get("initial_lr")
         if initial_lr is not None:
-            if isinstance(initial_lr, bool) or not isinstance(initial_lr, int | float):
-                raise _Bad(f"the optimizer's initial_lr must be a number, got {initial_lr!r}")
-            optimizer.initial_lr = float(initial_lr)
+            optimizer.initial_lr = float(initial_lr)  # checked by read_metadata
     step = meta.get("optimizer_step")
     if optimizer is None or step is None:
         if optim:
@@ -525,6 +508,29 @@ def _restore(model: Module, meta: dict[str, Any], tensors: dict[str, np.ndarray]
             model.optimizer_state = None  # fit starts a fresh state
         return
     model.optimizer_state = _optimizer_state(model, optimizer, step, optim)
+
+
+def _resume_point(point: Any) -> dict[str, Any] | None:
+    """Where an interrupted ``fit`` stopped (see :func:`portnn.fit`), checked entry by entry."""
+    if point is None:
+        return None
+    counts = {"epoch": 0, "step": 1, "n_samples": 1, "batch_size": 1}
+    if not isinstance(point, dict) or set(point) != {*counts, "seed", "shuffle", "sums"}:
+        raise _Bad(f"resume_point must be null or an object with {sorted({*counts, 'seed', 'shuffle', 'sums'})}")
+    for key, least in {**counts, "seed": 0}.items():
+        value = point[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not least <= value < 2**63:
+            raise _Bad(f"resume_point {key} must be an integer in [{least}, 2**63), got {value!r}")
+    if not isinstance(point["shuffle"], bool):
+        raise _Bad(f"resume_point shuffle must be true or false, got {point['shuffle']!r}")
+    sums = point["sums"]
+    if (
+        not isinstance(sums, list) or len(sums) != 3
+        or isinstance(sums[0], bool) or not isinstance(sums[0], int | float) or not math.isfinite(sums[0])
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sums[1:])
+    ):
+        raise _Bad(f"resume_point sums must be [finite loss sum, samples seen, batches skipped], got {sums!r}")
+    return dict(point)
 
 
 def _optimizer_state(

@@ -20,6 +20,7 @@ from . import functional as F
 from ._checks import as_input, check_features, host_array, positive_number
 from ._checks import check_finite as _check_finite
 from .backend import Backend, _library_name, _make_backend, dtype_name, get_backend, host_rng
+from ._file_checks import check_real
 from .init import get_initializer
 
 __all__ = [
@@ -54,13 +55,16 @@ class Module:
 
     training: bool = False
 
-    # every Module subclass by class name, so a saved architecture can be rebuilt
-    # from names alone (loading a file never runs code from it)
+    # portnn's own layer classes by class name, so a saved architecture can be rebuilt
+    # from names alone (loading a file never runs code from it). Classes defined
+    # outside portnn never enter it, so they cannot shadow portnn's: load() finds
+    # them only through custom_objects or portnn.register.
     registry: dict[str, type[Module]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if not cls.__name__.startswith("_"):
+        module = cls.__module__ or ""
+        if not cls.__name__.startswith("_") and (module == "portnn" or module.startswith("portnn.")):
             Module.registry[cls.__name__] = cls
 
     def __init__(self) -> None:
@@ -106,8 +110,16 @@ class Module:
                 found[f"{child_name}.{k}"] = v
         return found
 
-    def load_buffers(self, buffers: Mapping[str, Any]) -> None:
-        """Set buffers from name → array-like, checking names and shapes first."""
+    def load_buffers(self, buffers: Mapping[str, Any], *, check_finite: bool = True) -> None:
+        """Set buffers from name → array-like, checking names, shapes and values first.
+
+        A floating buffer takes floating-point values only (TypeError for
+        integers, bools, complex numbers), and, unless ``check_finite=False``,
+        no NaN or infinity (ValueError); a layer may refuse more (BatchNorm: a
+        negative ``running_var``). Nothing changes unless every entry is valid.
+        """
+        if not isinstance(buffers, Mapping):
+            raise TypeError(f"load_buffers takes a mapping of name -> array, got {type(buffers).__name__}")
         owners = {}
         for module_name, module in self.named_modules():
             for key, old in module._buffers.items():
@@ -118,13 +130,22 @@ class Module:
         new = {}
         for full, value in buffers.items():
             module, key, old = owners[full]
+            xp = module._backend.xp
+            floating = xp.isdtype(old.dtype, "real floating")
+            check_real(f"buffer {full!r}", value, floating=floating)
             arr = module._backend.asarray(value, old.dtype, copy=True)
             if tuple(arr.shape) != tuple(old.shape):
                 raise ValueError(f"buffer {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}")
+            if check_finite and floating:
+                _check_finite(f"buffer {full!r}", arr, xp)
+            module._check_buffer(key, arr, f"buffer {full!r}")
             new[full] = arr
         for full, arr in new.items():
             module, key, _ = owners[full]
             module._buffers[key] = arr
+
+    def _check_buffer(self, key: str, value: Any, label: str) -> None:
+        """Refuse a value for buffer ``key`` this layer cannot use (ValueError naming ``label``)."""
 
     def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
         """(prefix, module) pairs; the prefix ends with "." except for the root ("")."""
@@ -173,7 +194,9 @@ class Module:
         """Set parameters from name → array-like (any library), checking names and shapes
         (and, unless ``check_finite=False``, rejecting NaN and infinity).
 
-        Nothing changes unless every entry is valid.
+        A floating parameter takes floating-point values only: integers, bools,
+        complex numbers, strings and objects are a TypeError naming the parameter,
+        whatever the array library. Nothing changes unless every entry is valid.
         """
         if not isinstance(params, Mapping):
             raise TypeError(f"load_parameters takes a mapping of name -> array, got {type(params).__name__}")
@@ -185,8 +208,9 @@ class Module:
         for full, value in params.items():
             owner, key = slots[full]
             old = owner._params[key]
-            if _library_name(value) in (None, "numpy"):
-                host_array(f"parameter {full!r}", value)  # numbers only
+            # real numbers only, of any library; a floating parameter takes floating values
+            floating = owner._backend.xp.isdtype(old.dtype, "real floating")
+            check_real(f"parameter {full!r}", value, floating=floating)
             arr = owner._backend.asarray(value, old.dtype, copy=True)
             if tuple(arr.shape) != tuple(old.shape):
                 raise ValueError(
@@ -447,11 +471,16 @@ class Dense(Module):
         self.use_bias = bool(use_bias) or bias is not None
         self.init = init
         self.bias_init = bias_init
+        # the initializer names are checked even when explicit arrays make them unused
+        init_w, init_b = get_initializer(init), get_initializer(bias_init)
+        for name, value in (("weight", weight), ("bias", bias)):
+            if value is not None:
+                check_real(name, value, floating=False)  # any library: no bool or complex
         backend = self._backend
         shape_w = (self.in_features, self.out_features)
         rng = host_rng(seed)
         if weight is None:
-            weight = get_initializer(init)(rng, shape_w, self.in_features, self.out_features)
+            weight = init_w(rng, shape_w, self.in_features, self.out_features)
             w_dtype = backend.dtype(dtype if dtype is not None else "float32")
         else:
             w_dtype = None if dtype is None else backend.dtype(dtype)
@@ -459,9 +488,7 @@ class Dense(Module):
         self._params["weight"] = w
         if self.use_bias:
             if bias is None:
-                bias = get_initializer(bias_init)(
-                    rng, (self.out_features,), self.in_features, self.out_features
-                )
+                bias = init_b(rng, (self.out_features,), self.in_features, self.out_features)
                 b_dtype = w.dtype
             else:
                 b_dtype = None if dtype is None else backend.dtype(dtype)

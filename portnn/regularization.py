@@ -96,9 +96,21 @@ class Dropout(Module):
         return self._rng.bit_generator.state
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
-        """Restore the host generator from what :meth:`extra_state` returned."""
-        if state:
+        """Restore the host generator from what :meth:`extra_state` returned.
+
+        Every entry is checked first (ValueError naming it): the generator's
+        name, and each number an integer in its range, so a state from a file
+        never overflows inside NumPy or leaves the generator half set.
+        """
+        if not state:
+            return
+        _check_generator_state(state, self._rng.bit_generator)
+        previous = self._rng.bit_generator.state
+        try:
             self._rng.bit_generator.state = dict(state)
+        except (TypeError, ValueError, OverflowError) as e:
+            self._rng.bit_generator.state = previous
+            raise ValueError(f"Dropout generator state is not valid: {e}") from None
 
     def _uniform(self, shape: tuple[int, ...]) -> Any:
         """Uniform [0, 1) draws for one mask (a compiled step passes its own, drawn the same way)."""
@@ -118,6 +130,38 @@ class Dropout(Module):
 
     def _repr_args(self) -> str:
         return f"p={self.p}"
+
+
+# the numbers of a PCG64 state (numpy's default generator): entry -> exclusive upper bound
+_PCG64_BOUNDS = {"state.state": 2**128, "state.inc": 2**128, "has_uint32": 2, "uinteger": 2**32}
+
+
+def _check_generator_state(state: Mapping[str, Any], bit_generator: Any) -> None:
+    """A generator state (``bit_generator.state``) from outside, checked entry by entry."""
+    if not isinstance(state, Mapping):
+        raise ValueError(f"Dropout generator state must be a mapping, got {type(state).__name__}")
+    expected = type(bit_generator).__name__
+    if state.get("bit_generator") != expected:
+        raise ValueError(
+            f"Dropout generator state entry 'bit_generator' must be {expected!r}, "
+            f"got {state.get('bit_generator')!r}"
+        )
+    if expected != "PCG64":
+        return  # numpy itself checks other generators
+    inner = state.get("state")
+    if not isinstance(inner, Mapping):
+        raise ValueError(f"Dropout generator state entry 'state' must be a mapping, got {inner!r}")
+    extra = sorted(set(map(str, state)) - {"bit_generator", "state", "has_uint32", "uinteger"})
+    extra += sorted(f"state.{k}" for k in set(map(str, inner)) - {"state", "inc"})
+    if extra:
+        raise ValueError(f"Dropout generator state has unknown entries {extra}")
+    for entry, bound in _PCG64_BOUNDS.items():
+        value = inner.get(entry[6:]) if entry.startswith("state.") else state.get(entry)
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 0 <= value < bound:
+            limit = f"2**{bound.bit_length() - 1}" if bound > 2 else str(bound)
+            raise ValueError(
+                f"Dropout generator state entry {entry!r} must be an integer in [0, {limit}), got {value!r}"
+            )
 
 
 # ---------------------------------------------------------------- BatchNorm
@@ -161,6 +205,13 @@ class BatchNorm(_Affine):
             "eps": self.eps,
             "dtype": dtype_name(self._params["weight"].dtype),
         }
+
+    def _check_buffer(self, key: str, value: Any, label: str) -> None:
+        """A variance is never negative: a negative ``running_var`` would give NaN outputs."""
+        if key == "running_var":
+            xp = self.xp
+            if bool(xp.any(value < 0)):
+                raise ValueError(f"{label} is a variance and must be >= 0; it holds negative values")
 
     @property
     def running_mean(self) -> Any:

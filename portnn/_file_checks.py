@@ -1,0 +1,456 @@
+"""Checks on model files and on the state they carry, made before anything is built.
+
+:func:`portnn.load` reads a file in this order: the kind of file (a regular
+file, never a pipe or a device), its metadata, the class names (portnn's own
+classes, and classes the user registered or passed as ``custom_objects``), the
+shapes the architecture claims against the shapes of the tensors stored, the
+tensors' dtypes and values, and only then builds layers. A file therefore never
+makes portnn allocate more than its own tensors, and never runs a constructor
+the user did not choose.
+
+The value checks (:func:`check_real`) are shared with
+:meth:`Module.load_parameters <portnn.layers.Module.load_parameters>`,
+:meth:`~portnn.layers.Module.load_buffers` and ``Dense(weight=...)``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import errno
+import inspect
+import json
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._checks import _ns, device_dtype_kind, host_array
+from .backend import _library_name
+
+FORMAT_VERSION = 1
+_META_KEY = "portnn"
+_MAX_STEP = 2**63 - 1
+
+
+class Bad(ValueError):
+    """A problem with a file's contents (turned into a ValueError naming the path)."""
+
+
+# ---------------------------------------------------------------- values
+
+
+def dtype_kind(name: str, value: Any) -> str:
+    """``"f"`` (real floating) or ``"i"`` (integer) for ``value`` of any array library.
+
+    Strings, objects, bools and complex numbers are a TypeError naming ``name``.
+    """
+    if _library_name(value) in (None, "numpy"):
+        arr = host_array(name, value)  # numbers only: no strings, objects, bools or complex
+        return "f" if arr.dtype.kind == "f" else "i"
+    kind = device_dtype_kind(_ns(value), value.dtype)
+    if kind in "bc":
+        what = "bool" if kind == "b" else "complex"
+        raise TypeError(f"{name} has a {what} dtype ({value.dtype}); expected real numbers")
+    return kind
+
+
+def check_real(name: str, value: Any, *, floating: bool) -> None:
+    """``value`` holds real numbers; with ``floating``, floating-point ones (no integers)."""
+    kind = dtype_kind(name, value)
+    if floating and kind != "f":
+        raise TypeError(
+            f"{name} is floating point, got integer values ({getattr(value, 'dtype', type(value).__name__)}); "
+            "pass floating-point numbers"
+        )
+
+
+# ---------------------------------------------------------------- files
+
+
+def _kind_of(mode: int) -> str:
+    for test, what in (
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return what
+    return "not a regular file"
+
+
+def check_model_file(path: str) -> None:
+    """``path`` must be an existing regular file (after symlinks); checked without opening it."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise FileNotFoundError(errno.ENOENT, "no such model file", path) from None
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "expected a model file, got a directory", path)
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{path} is {_kind_of(mode)}, not a model file; portnn reads regular files only")
+
+
+def save_target(path: str) -> str:
+    """The file :func:`portnn.save` replaces for ``path``: the target of a symlink, else ``path``.
+
+    An existing directory, pipe, device or socket there is refused: it is never
+    replaced by a regular file.
+    """
+    target = os.path.realpath(path) if os.path.islink(path) else path
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if stat.S_ISDIR(mode):
+        raise IsADirectoryError(errno.EISDIR, "cannot save a model over a directory", path)
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"cannot save to {path}: it is {_kind_of(mode)}; portnn saves to regular files only")
+    return target
+
+
+def temp_name(base: str, token: str) -> str:
+    """The temporary file a save of ``base`` writes first: ``.<base>.<pid>.<token>.tmp``."""
+    return f".{base}.{os.getpid()}.{token}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be saving
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True
+    return True
+
+
+_LEGACY_AGE_S = 3600.0
+
+
+def remove_stale_temps(directory: str, base: str) -> None:
+    """Remove temporary files of earlier saves of ``base`` whose process is gone.
+
+    Only names of the exact form :func:`temp_name` writes are touched: those of
+    a process id that is no longer alive, and (from portnn versions that wrote
+    no process id) ``.<base>.<12 hex digits>.tmp`` untouched for an hour.
+    """
+    if os.name == "nt":  # os.kill(pid, 0) would end the process there
+        return
+    pattern = re.compile(rf"\.{re.escape(base)}\.(?:(\d+)\.)?[0-9a-f]{{12}}\.tmp")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        match = pattern.fullmatch(name)
+        if match is None:
+            continue
+        full = os.path.join(directory, name)
+        try:
+            info = os.lstat(full)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            pid = match.group(1)
+            stale = (not _pid_alive(int(pid))) if pid is not None else (
+                time.time() - info.st_mtime > _LEGACY_AGE_S
+            )
+            if stale:
+                os.unlink(full)
+        except OSError:
+            continue
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def read_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any]:
+    """The ``"portnn"`` JSON document, its structure checked."""
+    if not metadata or _META_KEY not in metadata:
+        raise Bad(
+            "not a portnn model file: its safetensors metadata has no 'portnn' entry "
+            "(was it written by portnn.save?)"
+        )
+    try:
+        meta = json.loads(metadata[_META_KEY])
+    except (ValueError, RecursionError) as e:
+        raise Bad(f"the 'portnn' metadata is not valid JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise Bad(f"the 'portnn' metadata must be a JSON object, got {type(meta).__name__}")
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise Bad(f"the 'portnn' metadata has no integer format_version (got {version!r})")
+    if version != FORMAT_VERSION:
+        newer = " (written by a newer portnn; upgrade portnn)" if version > FORMAT_VERSION else ""
+        raise Bad(f"format_version {version} cannot be read; this portnn reads {FORMAT_VERSION}{newer}")
+    for key in ("architecture", "extra_state"):
+        if not isinstance(meta.get(key), dict):
+            raise Bad(f"the 'portnn' metadata has no valid {key!r} entry")
+    for key in ("loss", "optimizer"):
+        if meta.get(key) is not None:
+            check_node(key, meta[key])
+    step = meta.get("optimizer_step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int) or not 0 <= step <= _MAX_STEP):
+        raise Bad(f"optimizer_step must be null or an integer in [0, 2**63), got {step!r}")
+    if meta.get("optimizer") is not None:
+        initial_lr = meta["optimizer"].get("initial_lr")
+        if initial_lr is not None and not _positive_finite(initial_lr):
+            raise Bad(f"the optimizer's initial_lr must be a finite number > 0, got {initial_lr!r}")
+    return meta
+
+
+def _positive_finite(value: Any) -> bool:
+    return (
+        not isinstance(value, bool)
+        and isinstance(value, int | float)
+        and 0 < float(value) < float("inf")
+    )
+
+
+def check_node(what: str, node: Any) -> tuple[str, dict[str, Any]]:
+    if not isinstance(node, dict) or not isinstance(node.get("class"), str):
+        raise Bad(f"{what} must be an object with a 'class' name, got {node!r}")
+    config = node.get("config", {})
+    if not isinstance(config, dict):
+        raise Bad(f"{what} {node['class']!r} has a config that is not an object: {config!r}")
+    return node["class"], config
+
+
+# ---------------------------------------------------------------- class names
+
+
+def _is_portnn(cls: type) -> bool:
+    module = getattr(cls, "__module__", "") or ""
+    return module == "portnn" or module.startswith("portnn.")
+
+
+def _bases() -> dict[str, type]:
+    from .layers import Module
+    from .losses import Loss
+    from .optimizers import Optimizer
+
+    return {"layer": Module, "loss": Loss, "optimizer": Optimizer}
+
+
+# classes of the user's own, registered with portnn.register: kind -> name -> class
+_REGISTERED: dict[str, dict[str, type]] = {"layer": {}, "loss": {}, "optimizer": {}}
+
+
+def builtin_classes(kind: str) -> dict[str, type]:
+    """portnn's own classes of ``kind`` (``"layer"``, ``"loss"``, ``"optimizer"``) by name."""
+    base = _bases()[kind]
+    if kind == "layer":
+        return dict(base.registry)
+    found: dict[str, type] = {}
+    queue, seen = list(base.__subclasses__()), set()
+    while queue:
+        cls = queue.pop(0)
+        if cls in seen:
+            continue
+        seen.add(cls)
+        if _is_portnn(cls) and not cls.__name__.startswith("_"):
+            found.setdefault(cls.__name__, cls)
+        queue.extend(cls.__subclasses__())
+    return found
+
+
+def kind_of_class(cls: Any, what: str) -> str:
+    """``"layer"``, ``"loss"`` or ``"optimizer"`` for a class; a TypeError naming ``what`` otherwise."""
+    if isinstance(cls, type):
+        for kind, base in _bases().items():
+            if issubclass(cls, base) and cls is not base:
+                return kind
+    shown = cls.__name__ if isinstance(cls, type) else type(cls).__name__
+    raise TypeError(
+        f"{what} must be a subclass of portnn's Module, Loss or Optimizer, got {shown}"
+    )
+
+
+def register_class(cls: Any) -> None:
+    kind = kind_of_class(cls, "register() argument")
+    name = cls.__name__
+    builtin = builtin_classes(kind).get(name)
+    if builtin is cls:
+        return
+    if builtin is not None:
+        raise ValueError(
+            f"cannot register {cls.__module__}.{cls.__qualname__}: {name!r} is the name of portnn's "
+            f"own {kind} class {builtin.__module__}.{name}, which files always mean; rename your class"
+        )
+    _REGISTERED[kind][name] = cls
+
+
+def check_custom_objects(custom_objects: Any) -> dict[str, dict[str, type]]:
+    """``load``'s ``custom_objects`` (name -> class) as kind -> name -> class, checked."""
+    found: dict[str, dict[str, type]] = {"layer": {}, "loss": {}, "optimizer": {}}
+    if custom_objects is None:
+        return found
+    if not isinstance(custom_objects, Mapping):
+        raise TypeError(
+            f"custom_objects must be a mapping of class name -> class, got {type(custom_objects).__name__}"
+        )
+    for name, cls in custom_objects.items():
+        if not isinstance(name, str):
+            raise TypeError(f"custom_objects keys must be class names (str), got {name!r}")
+        kind = kind_of_class(cls, f"custom_objects[{name!r}]")
+        builtin = builtin_classes(kind).get(name)
+        if builtin is not None and builtin is not cls:
+            raise ValueError(
+                f"custom_objects[{name!r}]: {name!r} is portnn's own {kind} class "
+                f"{builtin.__module__}.{name}, which a file always means; it cannot be replaced"
+            )
+        if builtin is None:
+            found[kind][name] = cls
+    return found
+
+
+def resolve(kind: str, name: str, custom: Mapping[str, Mapping[str, type]], where: str) -> type:
+    """The class a file's ``name`` means: portnn's own, then ``custom_objects``, then registered."""
+    builtin = builtin_classes(kind)
+    for table in (builtin, custom[kind], _REGISTERED[kind]):
+        if name in table:
+            return table[name]
+    close = difflib.get_close_matches(name, list(builtin), n=2, cutoff=0.8)
+    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
+    raise Bad(
+        f"unknown {kind} class {name!r} at {where}; {hint}portnn's own {kind} classes are "
+        f"{', '.join(sorted(builtin))}. A {kind} class of your own is found only when passed as "
+        f"load(path, custom_objects={{{name!r}: {name}}}) or registered with @portnn.register"
+    )
+
+
+def saved_name(kind: str, cls: type) -> str:
+    """The name a file stores for ``cls``; a ValueError if ``load`` would find another class by it."""
+    name = cls.__name__
+    builtin = builtin_classes(kind).get(name)
+    registered = _REGISTERED[kind].get(name)
+    shown = f"{cls.__module__}.{cls.__qualname__}"
+    if builtin is cls or registered is cls:
+        return name
+    if builtin is not None:
+        raise ValueError(
+            f"cannot save {kind} class {shown}: files store class names, and {name!r} is portnn's "
+            f"own {builtin.__module__}.{name}, which load() would build instead; rename your class"
+        )
+    if registered is not None:
+        raise ValueError(
+            f"cannot save {kind} class {shown}: the name {name!r} is registered to another class, "
+            f"{registered.__module__}.{registered.__qualname__}"
+        )
+    if name.startswith("_"):
+        raise ValueError(
+            f"cannot save {kind} class {shown}: its name starts with '_', so it is private and "
+            "never found by name; rename it or register it with @portnn.register"
+        )
+    return name  # load() needs custom_objects or portnn.register for it
+
+
+# ---------------------------------------------------------------- architecture and tensors
+
+
+def _size(config: Mapping[str, Any], key: str) -> int | None:
+    value = config.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _claimed(cls: type, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Parameter (``param/``) and buffer (``buffer/``) shapes a built-in layer's config claims.
+
+    Sizes that are not integers are left to the constructor, which refuses them
+    before allocating anything.
+    """
+    from .layers import Dense
+    from .regularization import BatchNorm, LayerNorm
+
+    if cls is Dense:
+        n_in, n_out = _size(config, "in_features"), _size(config, "out_features")
+        if n_in is None or n_out is None:
+            return {}
+        claimed = {"param/weight": (n_in, n_out)}
+        if bool(config.get("use_bias", True)):
+            claimed["param/bias"] = (n_out,)
+        return claimed
+    if cls in (BatchNorm, LayerNorm):
+        features = _size(config, "features")
+        if features is None:
+            return {}
+        keys = ["param/weight", "param/bias"]
+        if cls is BatchNorm:
+            keys += ["buffer/running_mean", "buffer/running_var"]
+        return dict.fromkeys(keys, (features,))
+    return {}
+
+
+def check_arguments(kind: str, cls: type, config: Mapping[str, Any], n_args: int = 0) -> None:
+    """The config's names must be arguments of ``cls``'s constructor (checked without calling it)."""
+    try:
+        signature = inspect.signature(cls)
+    except (TypeError, ValueError):
+        return
+    try:
+        signature.bind(*[None] * n_args, **config)
+    except TypeError as e:
+        raise Bad(f"cannot rebuild {kind} {cls.__name__} from config {dict(config)!r}: {e}") from None
+
+
+def check_architecture(
+    node: Any,
+    custom: Mapping[str, Mapping[str, type]],
+    shapes: Mapping[str, tuple[int, ...]],
+    where: str = "architecture",
+    prefix: str = "",
+) -> None:
+    """Resolve every class of the architecture and check each size it claims against ``shapes``.
+
+    ``shapes`` are the stored tensors' shapes, from the file's header: a config
+    claiming a layer larger than its tensors fails here, before any layer exists.
+    """
+    from .layers import Sequential
+
+    name, config = check_node(where, node)
+    cls = resolve("layer", name, custom, where)
+    if issubclass(cls, Sequential):
+        layers = node.get("layers")
+        if not isinstance(layers, list):
+            raise Bad(f"{name} at {where} must list its 'layers'")
+        check_arguments("layer", cls, config, len(layers))
+        for i, child in enumerate(layers):
+            check_architecture(child, custom, shapes, f"{where}.layers[{i}]", f"{prefix}{i}.")
+        return
+    if "layers" in node:
+        raise Bad(f"{name} at {where} is not a container but lists 'layers'")
+    check_arguments("layer", cls, config)
+    for key, shape in _claimed(cls, config).items():
+        kind, own = key.split("/", 1)
+        stored = shapes.get(f"{kind}/{prefix}{own}")
+        label = "parameter" if kind == "param" else "buffer"
+        if stored is None:
+            raise Bad(
+                f"the {label}s do not match the architecture: missing {[prefix + own]} "
+                f"({name} at {where} has config {config!r})"
+            )
+        if tuple(stored) != shape:
+            raise Bad(
+                f"{label} {prefix + own!r} has shape {tuple(stored)} in the file, but the "
+                f"architecture gives it shape {shape} ({name} at {where} has config {config!r})"
+            )
+
+
+def check_tensor_values(tensors: Mapping[str, Any], np: Any) -> None:
+    """Dtypes and values of the stored tensors: floating parameters, finite buffers and slots."""
+    for key, value in tensors.items():
+        kind, _, name = key.partition("/")
+        label = {"param": "parameter", "buffer": "buffer", "optim": "optimizer slot"}.get(kind)
+        if label is None:
+            continue  # named as unexpected by the restore
+        dtype = value.dtype
+        if dtype.kind == "b" or dtype.kind not in "fiu" or (kind != "buffer" and dtype.kind != "f"):
+            raise Bad(
+                f"{label} {name!r} has dtype {dtype} in the file; "
+                + ("buffers hold real numbers" if kind == "buffer" else f"{label}s are floating point")
+            )
+        if kind != "param" and dtype.kind == "f" and not np.all(np.isfinite(value)):
+            raise Bad(f"{label} {name!r} contains NaN or infinity in the file")
