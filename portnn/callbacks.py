@@ -231,8 +231,17 @@ class ModelCheckpoint(_Monitor):
         self._save(epoch + 1, logs)
 
     def on_interrupt(self, logs: dict[str, float]) -> None:
-        """Write a final checkpoint of the model as it stands (whatever ``save_best_only`` says)."""
-        self._save(len(self.model.history.epoch), logs)
+        """Write a final checkpoint of the model as it stands (whatever ``save_best_only`` says).
+
+        It is named after the epoch in progress (``{epoch}`` counts from 1, as after each
+        epoch), so it never replaces the file of the last completed epoch, and it records
+        the step it stopped at (``model.resume_point``): ``fit(..., initial_epoch=e)`` on
+        the loaded model continues from that step.
+        """
+        point = getattr(self.model, "resume_point", None)
+        history = self.model.history
+        epoch = point["epoch"] + 1 if point else (history.epoch[-1] + 1 if history.epoch else 0)
+        self._save(epoch, logs)
 
     def _save(self, epoch: int, logs: dict[str, float]) -> None:
         self.last_path = self._file_name(epoch, logs)

@@ -193,7 +193,8 @@ class Batcher:
         return xb, yb
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
-        n = len(self)
+        """Batches of ``batch_size`` rows: the rows ``order`` lists (a host array), or all in turn."""
+        n = len(self) if order is None else len(order)
         bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
         if self.on_device:
             yield from self._device_batches(order, bounds)

@@ -361,7 +361,7 @@ class DataParallel:
 
     def batches(self, batcher: Any, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
         """This rank's share of every batch of the epoch, as ``(xb, yb, global batch size)``."""
-        n = len(batcher)
+        n = len(batcher) if order is None else len(order)
         selections, spans = [], []
         for a in range(0, n, batch_size):
             total = min(a + batch_size, n) - a

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -346,7 +347,7 @@ def fit(
 
     # everything is valid: from here on the model may change; if fit fails before its
     # first step, these are put back
-    previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history")}
+    previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history", "resume_point")}
     optimizer_before = dict(vars(opt))  # a schedule's lr and initial_lr included
     model.loss = loss_obj
     if opt is not getattr(model, "optimizer", None) or getattr(model, "optimizer_state", None) is None:
@@ -357,6 +358,7 @@ def fit(
     batcher = Batcher(backend, dtype, X, targets.values, targets.dtype)
     penalized = _penalized(model)
     logits = _outputs_are_logits(model, loss_obj)
+    skip_steps, seed = _resume_from(model, initial_epoch, n, batch_size, seed, shuffle)
     base_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
     params = {"epochs": epochs, "initial_epoch": initial_epoch, "steps": -(-n // batch_size), "batch_size": batch_size}
     for cb in callback_objs:
@@ -383,9 +385,14 @@ def fit(
                 progress.start_epoch(epoch)
                 order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
                 total: Any = 0.0
-                seen = skipped = 0
+                seen = skipped = first = 0
+                if skip_steps:  # an interrupted epoch resumes at the step it stopped before
+                    first, total, seen, skipped = skip_steps, *model.resume_point["sums"]
+                    order = (np.arange(n) if order is None else order)[first * batch_size :]
+                    skip_steps = 0
+                model.resume_point = None
                 batches = batcher.batches(order, batch_size) if dist is None else dist.batches(batcher, order, batch_size)
-                for step, (xb, yb, nb) in enumerate(batches):
+                for step, (xb, yb, nb) in enumerate(batches, start=first):
                     value, pred, finite = train_step(xb, yb)  # applied unless not finite
                     if finite is False:
                         if on_nonfinite == "raise":
@@ -400,6 +407,10 @@ def fit(
                             for m in metric_objs:
                                 m.update(batch)
                     if interrupt.received:
+                        model.resume_point = {
+                            "epoch": epoch, "step": step + 1, "n_samples": n, "batch_size": batch_size,
+                            "seed": base_seed, "shuffle": shuffle, "sums": [float(total), seen, skipped],
+                        }
                         break
                     progress.advance(nb, lambda: {"loss": float(total) / max(seen, 1)})
                 if interrupt.received:
@@ -496,6 +507,27 @@ def _compiled_step(model: Module, loss: Loss, opt: Optimizer, penalized: list, c
     from .jit import CompiledStep
 
     return CompiledStep(model, loss, opt, lambda m, l, xb, yb: _value_and_grad(m, l, xb, yb, penalized), check)
+
+
+def _resume_from(model: Module, initial_epoch: int, n: int, batch_size: int, seed: int | None, shuffle: bool) -> tuple[int, int | None]:
+    """(steps of the first epoch already trained, the shuffling seed) from the record an
+    interrupted run left on the model (``model.resume_point``), when this call continues it."""
+    point = getattr(model, "resume_point", None)
+    if not point or point["epoch"] != initial_epoch:
+        return 0, seed
+    asked = {"n_samples": n, "batch_size": batch_size, "shuffle": shuffle}
+    if seed is not None:
+        asked["seed"] = seed
+    differ = [k for k, v in asked.items() if point[k] != v]
+    if differ:
+        warnings.warn(
+            f"the model was interrupted at epoch {initial_epoch}, step {point['step']} of a run with "
+            f"another {', '.join(differ)}; epoch {initial_epoch} starts again from its first step",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return 0, seed
+    return point["step"], point["seed"]
 
 
 def _results(metric_objs: list[Metric]) -> dict[str, Any]:

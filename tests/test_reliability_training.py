@@ -2,6 +2,8 @@
 failed fits that leave the optimizer as it was, and inference from other threads."""
 
 import gc
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -12,6 +14,7 @@ import pytest
 
 import portnn as pn
 from portnn.data import PREFETCH_THREAD
+from portnn.metrics import Metric
 
 
 def _data(rng, n=100):
@@ -351,3 +354,92 @@ def test_calling_the_model_in_another_thread_during_fit_runs_in_inference_mode(r
     for _, out in modes:  # dropout off: the two identical rows agree
         np.testing.assert_array_equal(out[0], out[1])
     assert model.training is False
+
+
+# ---------------------------------------------------------------- interrupts and checkpoints
+
+
+class _InterruptAt(Metric):
+    """A metric that sends SIGINT to this process after the ``at``-th training step (from 1)."""
+
+    name = "steps"
+
+    def __init__(self, at):
+        self.at, self.calls = at, 0
+        super().__init__()
+
+    def update(self, batch):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def result(self):
+        return float(self.calls)
+
+
+def _dropout_model():
+    return pn.Sequential(pn.Dense(4, 8, seed=0), pn.Dropout(0.3, seed=5), pn.Tanh(), pn.Dense(8, 2, seed=1))
+
+
+RUN = {"loss": "cross_entropy", "batch_size": 10, "shuffle": True, "seed": 3, "verbose": 0}
+
+
+def test_an_interrupt_after_a_resume_names_its_checkpoint_by_the_real_epoch(rng, tmp_path):
+    pytest.importorskip("safetensors")
+    X, y = _data(rng)
+    model = _dropout_model()
+    model.fit(X, y, optimizer=pn.Adam(1e-2), epochs=3, **RUN)
+    pattern = str(tmp_path / "ck-{epoch}.safetensors")
+    model.fit(X, y, epochs=3, **RUN, callbacks=[pn.ModelCheckpoint(pattern, monitor="loss")])  # ck-1..ck-3
+    early = {e: (tmp_path / f"ck-{e}.safetensors").read_bytes() for e in (1, 2, 3)}
+    with pytest.raises(KeyboardInterrupt):  # at step 5 of the fifth epoch (index 4)
+        model.fit(X, y, epochs=8, initial_epoch=3, **RUN, metrics=[_InterruptAt(15)],
+                  callbacks=[pn.ModelCheckpoint(pattern, monitor="loss")])
+    assert model.history.epoch == [3]
+    assert model.resume_point["epoch"] == 4 and model.resume_point["step"] == 5
+    for e in (1, 2, 3):  # earlier epochs' files are untouched
+        assert (tmp_path / f"ck-{e}.safetensors").read_bytes() == early[e]
+    assert (tmp_path / "ck-4.safetensors").exists()  # the end of epoch index 3
+    assert (tmp_path / "ck-5.safetensors").exists()  # the interrupted epoch index 4
+    assert pn.load(tmp_path / "ck-5.safetensors").resume_point == model.resume_point
+    assert pn.load(tmp_path / "ck-4.safetensors").resume_point is None
+
+
+@pytest.mark.parametrize("interrupt_at", [17, 20, 21])
+def test_a_run_resumed_from_a_mid_epoch_checkpoint_ends_bit_identical(rng, tmp_path, interrupt_at):
+    pytest.importorskip("safetensors")
+    X, y = _data(rng)
+    reference = _dropout_model()
+    reference.fit(X, y, optimizer=pn.Adam(1e-2), epochs=4, **RUN)
+
+    model = _dropout_model()
+    pattern = str(tmp_path / "ck-{epoch}.safetensors")
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, optimizer=pn.Adam(1e-2), epochs=4, **RUN, metrics=[_InterruptAt(interrupt_at)],
+                  callbacks=[pn.ModelCheckpoint(pattern, monitor="loss")])
+    epoch, step = divmod(interrupt_at, 10)
+    if step == 0:  # the last step of an epoch: the epoch in progress had all its steps
+        epoch, step = epoch - 1, 10
+    point = model.resume_point
+    assert (point["epoch"], point["step"]) == (epoch, step)
+    boundary = pn.load(tmp_path / f"ck-{epoch}.safetensors")  # end of the previous epoch, kept
+    assert boundary.resume_point is None
+    resumed = pn.load(tmp_path / f"ck-{epoch + 1}.safetensors")
+    history = resumed.fit(X, y, epochs=4, initial_epoch=epoch, **RUN)
+    _assert_same(_weights(resumed), _weights(reference))
+    assert resumed.optimizer_state["step"] == reference.optimizer_state["step"] == 40
+    assert history["loss"][0] == reference.history["loss"][epoch]
+    assert resumed.resume_point is None
+    # from the epoch boundary instead, the same end
+    boundary.fit(X, y, epochs=4, initial_epoch=epoch, **RUN)
+    _assert_same(_weights(boundary), _weights(reference))
+
+
+def test_a_resume_with_another_batch_size_restarts_the_epoch_with_a_warning(rng):
+    X, y = _data(rng)
+    model = _dropout_model()
+    with pytest.raises(KeyboardInterrupt):
+        model.fit(X, y, optimizer=pn.Adam(1e-2), epochs=3, **RUN, metrics=[_InterruptAt(14)])
+    with pytest.warns(RuntimeWarning, match="another batch_size; epoch 1 starts again"):
+        model.fit(X, y, epochs=2, initial_epoch=1, **{**RUN, "batch_size": 20})
+    assert model.resume_point is None
