@@ -191,6 +191,13 @@ def _metrics(metrics: Sequence[str | Metric] | None) -> list[Metric]:
         return []
     if isinstance(metrics, str | Metric):
         metrics = [metrics]
+    if not isinstance(metrics, list | tuple):
+        raise TypeError(
+            f"metrics must be a metric name, a portnn Metric or a list of them, got {type(metrics).__name__} {metrics!r}"
+        )
+    for i, m in enumerate(metrics):
+        if not isinstance(m, str | Metric):
+            raise TypeError(f"metrics[{i}] must be a metric name or a portnn Metric, got {type(m).__name__} {m!r}")
     found = [get_metric(m) for m in metrics]
     names = [m.name for m in found]
     if len(set(names)) != len(names):
@@ -692,6 +699,7 @@ def gradient_check(
     loss = get_loss(loss)
     eps = positive_number("eps", eps)
     max_checks = count("max_checks", max_checks)
+    seed = count("seed", seed, minimum=0)
     probe = model.copy()
     try:
         probe.to(dtype="float64")

@@ -443,3 +443,26 @@ def test_a_resume_with_another_batch_size_restarts_the_epoch_with_a_warning(rng)
     with pytest.warns(RuntimeWarning, match="another batch_size; epoch 1 starts again"):
         model.fit(X, y, epochs=2, initial_epoch=1, **{**RUN, "batch_size": 20})
     assert model.resume_point is None
+
+
+# ---------------------------------------------------------------- arguments
+
+
+@pytest.mark.parametrize("metrics", [3, [3], {"accuracy": 1}, [None]])
+def test_metrics_that_are_not_names_or_metrics_are_refused_before_training(rng, metrics):
+    X, y = _data(rng)
+    model = _model()
+    before = _weights(model)
+    with pytest.raises(TypeError, match=r"metrics(\[0\])? must be a metric name"):
+        model.fit(X, y, epochs=1, metrics=metrics, **ARGS)
+    with pytest.raises(TypeError, match=r"metrics(\[0\])? must be a metric name"):
+        model.evaluate(X, y, loss="cross_entropy", metrics=metrics)
+    _assert_same(_weights(model), before)
+    assert getattr(model, "optimizer", None) is None
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5, "0"])
+def test_gradient_check_refuses_a_bad_seed_by_name(rng, seed):
+    X, y = _data(rng, 4)
+    with pytest.raises((TypeError, ValueError), match="seed"):
+        pn.gradient_check(_model(), "cross_entropy", X, y, seed=seed)
