@@ -196,6 +196,8 @@ class Batcher:
         """Batches of ``batch_size`` rows: the rows ``order`` lists (a host array), or all in turn."""
         n = len(self) if order is None else len(order)
         bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        if not bounds:  # an epoch resumed after its last step
+            return
         if self.on_device:
             yield from self._device_batches(order, bounds)
             return

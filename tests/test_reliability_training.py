@@ -216,6 +216,19 @@ def test_a_finite_gradient_with_an_overflowing_update_is_not_applied(rng, optimi
     assert all(np.isfinite(v).all() for v in _weights(model).values())
 
 
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the rate overflows float32 on its way in
+def test_the_compiled_step_also_refuses_an_update_that_overflows(rng, backend):
+    if backend != "jax":
+        pytest.skip("fit(jit=True) compiles the step on the jax backend")
+    X, y = _data(rng)
+    model = _model()
+    model.fit(X, y, optimizer=pn.SGD(lr=0.1), epochs=1, jit=True, **ARGS)
+    before = _weights(model)
+    with pytest.raises(pn.TrainingDivergedError, match="epoch 0, step 0"):
+        model.fit(X, y, optimizer=pn.SGD(lr=1e308), epochs=1, jit=True, **ARGS)
+    _assert_same(_weights(model), before)
+
+
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_raise_after_finite_steps_keeps_the_last_finite_step_and_its_optimizer_state(rng):
     X, y = _data(rng)
