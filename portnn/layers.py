@@ -11,13 +11,13 @@ Only ``self.xp`` (the backend's Array API namespace) is used for math.
 from __future__ import annotations
 
 import copy
-import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from . import functional as F
 from ._checks import as_input, check_features, host_array, positive_number
+from ._rwlock import ReadWriteLock
 from ._checks import check_finite as _check_finite
 from .backend import Backend, _library_name, _make_backend, dtype_name, get_backend, host_rng
 from ._file_checks import check_real
@@ -275,12 +275,12 @@ class Module:
         return copy.deepcopy(self)
 
     @property
-    def _update_lock(self) -> threading.RLock:
-        """Held while a training step writes the parameters and while ``predict`` reads them,
-        so that inference in another thread sees the weights of one whole step."""
+    def _weights_lock(self) -> ReadWriteLock:
+        """Written under by a training step, read under by ``predict``: inference in another
+        thread sees the weights of one whole step (see :mod:`portnn._rwlock`)."""
         lock = self.__dict__.get("_lock")
         if lock is None:
-            lock = self.__dict__.setdefault("_lock", threading.RLock())
+            lock = self.__dict__.setdefault("_lock", ReadWriteLock())
         return lock
 
     def __getstate__(self) -> dict[str, Any]:

@@ -495,7 +495,7 @@ class _EagerStep:
         params, state = model.parameters(), model.optimizer_state
         if self.check:
             self.rollback.save([*params.values(), *arrays_of(state)])
-        with model._update_lock:
+        with model._weights_lock.writing():
             new_params, new_state = self.opt.update(params, grads, state, xp)
             finite = None
             if self.check:
@@ -595,16 +595,17 @@ def evaluate(
     batch_size = count("batch_size", batch_size, allow_none=True)
     X = feature_matrix(model.backend, "X", X, _model_dtype(model), finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
-    results = _evaluate(
-        model,
-        loss_obj,
-        X,
-        targets.values,
-        targets.dtype,
-        metric_objs,
-        int(X.shape[0]) if batch_size is None else batch_size,
-        _outputs_are_logits(model, loss_obj),
-    )
+    with model._weights_lock.reading():  # a step in another thread never lands half-way
+        results = _evaluate(
+            model,
+            loss_obj,
+            X,
+            targets.values,
+            targets.dtype,
+            metric_objs,
+            int(X.shape[0]) if batch_size is None else batch_size,
+            _outputs_are_logits(model, loss_obj),
+        )
     return results if metrics is not None else results["loss"]
 
 
@@ -622,12 +623,12 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
         return _over_dask(model, X, lambda m, b: predict(m, b, batch_size, check_finite))
     if _ndim(X) == 1:
         x = as_input(backend, "X", X, dtype, finite=check_finite)
-        with model._update_lock:
+        with model._weights_lock.reading():
             return model._forward(x[None, :], False)[0][0, ...]
     X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
     n = int(X.shape[0])
     # the lock: a training step in another thread never lands half-way through these outputs
-    with Batcher(backend, dtype, X) as batcher, model._update_lock:
+    with Batcher(backend, dtype, X) as batcher, model._weights_lock.reading():
         outputs = [model._forward(xb, False)[0] for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
     return outputs[0] if len(outputs) == 1 else backend.xp.concat(outputs, axis=0)
 

@@ -479,3 +479,47 @@ def test_gradient_check_refuses_a_bad_seed_by_name(rng, seed):
     X, y = _data(rng, 4)
     with pytest.raises((TypeError, ValueError), match="seed"):
         pn.gradient_check(_model(), "cross_entropy", X, y, seed=seed)
+
+
+def test_the_weights_lock_lets_readers_share_and_a_writer_wait_for_them():
+    from portnn._rwlock import ReadWriteLock
+
+    lock = ReadWriteLock()
+    inside, release, wrote = threading.Event(), threading.Event(), threading.Event()
+
+    def reader():
+        with lock.reading():
+            inside.set()
+            release.wait(10)
+
+    def writer():
+        with lock.writing():
+            wrote.set()
+
+    r = threading.Thread(target=reader)
+    r.start()
+    assert inside.wait(10)
+    with lock.reading():  # a second reader does not wait for the first
+        pass
+    w = threading.Thread(target=writer)
+    w.start()
+    assert not wrote.wait(0.2)  # the writer waits for the reader
+    release.set()
+    assert wrote.wait(10)
+    r.join(10), w.join(10)
+    with lock.writing(), lock.reading(), lock.writing():  # nested in one thread: no deadlock
+        pass
+
+
+def test_predict_inside_a_training_step_does_not_deadlock(rng):
+    X, y = _data(rng)
+    model = _model()
+    seen = []
+
+    class Predicts(pn.SGD):
+        def update(self, params, grads, state, xp):
+            seen.append(pn.to_numpy(model.predict(X[:2])))
+            return super().update(params, grads, state, xp)
+
+    model.fit(X, y, optimizer=Predicts(lr=0.1), epochs=1, **ARGS)
+    assert len(seen) == 10
