@@ -551,10 +551,10 @@ def _read_samples(path: str, column: str | int | None) -> np.ndarray:
         raise CommandError("--target applies to CSV input only")
     try:
         X = _read_sample_file(p, suffix, column)
-    except ValueError as e:  # UnicodeDecodeError included
+    except (ValueError, OSError) as e:  # UnicodeDecodeError included
         found = _unreadable("--input", path, e)
-        if found is None:
-            raise
+        if found is None:  # a truncated or corrupt .npy/.npz, an unreadable file
+            found = CommandError(f"--input {path}: cannot be read ({' '.join(str(e).split())})")
         raise found from None
     X = np.asarray(X)
     if X.ndim == 1:

@@ -166,3 +166,11 @@ def test_object_arrays_are_refused_never_unpickled(capsys, tmp_path, model_file,
     np.savez(data, X=np.array([[1.0, "a"], [None, 2]], dtype=object), y=np.array([0, 1]))
     code, _, err = run(capsys, "train --dataset", data)
     assert_refused(code, err, "--dataset", str(data), "Python objects")
+
+
+def test_a_truncated_npy_names_the_input(capsys, tmp_path, model_file):
+    samples = tmp_path / "cut.npy"
+    np.save(samples, np.zeros((4, 2)))
+    samples.write_bytes(samples.read_bytes()[:100])
+    code, _, err = run(capsys, "predict", model_file, "--input", samples)
+    assert_refused(code, err, "--input", str(samples), "cannot be read")
