@@ -473,7 +473,7 @@ def _check_output(option: str, path: str) -> None:
         raise CommandError(f"{option} {path}: {ancestor} is a file, not a folder")
     try:
         p.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".probe")
+        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=".portnn-", suffix=".probe")
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise CommandError(f"{option} {path}: cannot write in {p.parent} ({reason})") from None
@@ -517,8 +517,9 @@ def _class_count(dataset: str, y_train: np.ndarray, y_test: np.ndarray) -> int:
     """The number of classes K, from labels that must be 0, 1, ..., K-1 with K at most
     the number of samples (a label such as 1000000000 would otherwise ask for that many
     output units); labels are not renumbered, since predictions are these class numbers."""
-    n_samples = int(y_train.shape[0] + y_test.shape[0])
-    top = int(max(y_train.max(), y_test.max()))
+    labels = np.concatenate([y_train.reshape(-1), y_test.reshape(-1)])
+    n_samples = int(labels.shape[0])
+    top = int(labels.max()) if n_samples else 0
     if top + 1 > n_samples:
         raise CommandError(
             f"--dataset {dataset}: the largest label is {top}, which would make {top + 1} "
