@@ -672,6 +672,8 @@ def _over_dask(model: Module, X: Any, fn: Any) -> Any:
 
 def _ndim(X: Any) -> int:
     shape = getattr(X, "shape", None)
+    if shape is None and isinstance(X, list | tuple):
+        return host_array("X", X).ndim  # a ragged list is a ValueError saying where
     return np.ndim(X) if shape is None else len(shape)
 
 

@@ -176,11 +176,6 @@ def test_ragged_lists_are_a_value_error_saying_where(rows, where):
         model(rows)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="training._ndim reads a list with np.ndim before predict validates it; "
-    "it should go through _checks.host_array",
-)
 def test_predict_of_a_ragged_list_is_a_value_error_naming_x():
     with pytest.raises(ValueError, match=r"X is ragged \(X\[1\] has length 1, X\[0\] has length 3"):
         _model().predict([[1, 2, 3], [3]])
