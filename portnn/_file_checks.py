@@ -15,12 +15,13 @@ The value checks (:func:`check_real`) are shared with
 
 from __future__ import annotations
 
-import difflib
 import errno
+import hashlib
 import inspect
 import json
 import os
 import re
+import secrets
 import stat
 import time
 from collections.abc import Mapping
@@ -164,6 +165,77 @@ def remove_stale_temps(directory: str, base: str) -> None:
             continue
 
 
+def checksum(meta_text: str, tensors: Mapping[str, Any]) -> str:
+    """SHA-256 over the metadata and every tensor's name, dtype, shape and bytes."""
+    import numpy as np
+
+    digest = hashlib.sha256(meta_text.encode())
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def atomic_write(path: str, produce: Any) -> None:
+    """Write ``produce()``'s bytes to ``path`` through a temporary file and a rename.
+
+    A symlink at ``path`` stays: its target gets the new content. A directory,
+    pipe or device at ``path`` is refused. Temporary files of earlier saves to
+    the same file whose process died (SIGKILL) are removed first.
+    """
+    target = save_target(path)
+    directory = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(errno.ENOENT, f"cannot save {path!r}: no such directory", directory)
+    base = os.path.basename(target)
+    remove_stale_temps(directory, base)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, temp_name(base, secrets.token_hex(6)))
+        try:
+            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for an ordinary file
+            break
+        except FileExistsError:
+            continue
+    try:
+        with os.fdopen(fd, "wb") as f:
+            try:
+                mode = stat.S_IMODE(os.stat(target).st_mode)
+            except OSError:
+                mode = None
+            if mode is not None and hasattr(os, "fchmod"):
+                os.fchmod(f.fileno(), mode)  # replacing a file keeps its permissions
+            f.write(produce())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_directory(directory)
+
+
+def fsync_directory(directory: str) -> None:
+    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
+    if os.name == "nt":
+        return
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
+
+
 # ---------------------------------------------------------------- metadata
 
 
@@ -217,135 +289,6 @@ def check_node(what: str, node: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(config, dict):
         raise Bad(f"{what} {node['class']!r} has a config that is not an object: {config!r}")
     return node["class"], config
-
-
-# ---------------------------------------------------------------- class names
-
-
-def _is_portnn(cls: type) -> bool:
-    module = getattr(cls, "__module__", "") or ""
-    return module == "portnn" or module.startswith("portnn.")
-
-
-def _bases() -> dict[str, type]:
-    from .layers import Module
-    from .losses import Loss
-    from .optimizers import Optimizer
-
-    return {"layer": Module, "loss": Loss, "optimizer": Optimizer}
-
-
-# classes of the user's own, registered with portnn.register: kind -> name -> class
-_REGISTERED: dict[str, dict[str, type]] = {"layer": {}, "loss": {}, "optimizer": {}}
-
-
-def builtin_classes(kind: str) -> dict[str, type]:
-    """portnn's own classes of ``kind`` (``"layer"``, ``"loss"``, ``"optimizer"``) by name."""
-    base = _bases()[kind]
-    if kind == "layer":
-        return dict(base.registry)
-    found: dict[str, type] = {}
-    queue, seen = list(base.__subclasses__()), set()
-    while queue:
-        cls = queue.pop(0)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        if _is_portnn(cls) and not cls.__name__.startswith("_"):
-            found.setdefault(cls.__name__, cls)
-        queue.extend(cls.__subclasses__())
-    return found
-
-
-def kind_of_class(cls: Any, what: str) -> str:
-    """``"layer"``, ``"loss"`` or ``"optimizer"`` for a class; a TypeError naming ``what`` otherwise."""
-    if isinstance(cls, type):
-        for kind, base in _bases().items():
-            if issubclass(cls, base) and cls is not base:
-                return kind
-    shown = cls.__name__ if isinstance(cls, type) else type(cls).__name__
-    raise TypeError(
-        f"{what} must be a subclass of portnn's Module, Loss or Optimizer, got {shown}"
-    )
-
-
-def register_class(cls: Any) -> None:
-    kind = kind_of_class(cls, "register() argument")
-    name = cls.__name__
-    builtin = builtin_classes(kind).get(name)
-    if builtin is cls:
-        return
-    if builtin is not None:
-        raise ValueError(
-            f"cannot register {cls.__module__}.{cls.__qualname__}: {name!r} is the name of portnn's "
-            f"own {kind} class {builtin.__module__}.{name}, which files always mean; rename your class"
-        )
-    _REGISTERED[kind][name] = cls
-
-
-def check_custom_objects(custom_objects: Any) -> dict[str, dict[str, type]]:
-    """``load``'s ``custom_objects`` (name -> class) as kind -> name -> class, checked."""
-    found: dict[str, dict[str, type]] = {"layer": {}, "loss": {}, "optimizer": {}}
-    if custom_objects is None:
-        return found
-    if not isinstance(custom_objects, Mapping):
-        raise TypeError(
-            f"custom_objects must be a mapping of class name -> class, got {type(custom_objects).__name__}"
-        )
-    for name, cls in custom_objects.items():
-        if not isinstance(name, str):
-            raise TypeError(f"custom_objects keys must be class names (str), got {name!r}")
-        kind = kind_of_class(cls, f"custom_objects[{name!r}]")
-        builtin = builtin_classes(kind).get(name)
-        if builtin is not None and builtin is not cls:
-            raise ValueError(
-                f"custom_objects[{name!r}]: {name!r} is portnn's own {kind} class "
-                f"{builtin.__module__}.{name}, which a file always means; it cannot be replaced"
-            )
-        if builtin is None:
-            found[kind][name] = cls
-    return found
-
-
-def resolve(kind: str, name: str, custom: Mapping[str, Mapping[str, type]], where: str) -> type:
-    """The class a file's ``name`` means: portnn's own, then ``custom_objects``, then registered."""
-    builtin = builtin_classes(kind)
-    for table in (builtin, custom[kind], _REGISTERED[kind]):
-        if name in table:
-            return table[name]
-    close = difflib.get_close_matches(name, list(builtin), n=2, cutoff=0.8)
-    hint = f"did you mean {' or '.join(map(repr, close))}? " if close else ""
-    raise Bad(
-        f"unknown {kind} class {name!r} at {where}; {hint}portnn's own {kind} classes are "
-        f"{', '.join(sorted(builtin))}. A {kind} class of your own is found only when passed as "
-        f"load(path, custom_objects={{{name!r}: {name}}}) or registered with @portnn.register"
-    )
-
-
-def saved_name(kind: str, cls: type) -> str:
-    """The name a file stores for ``cls``; a ValueError if ``load`` would find another class by it."""
-    name = cls.__name__
-    builtin = builtin_classes(kind).get(name)
-    registered = _REGISTERED[kind].get(name)
-    shown = f"{cls.__module__}.{cls.__qualname__}"
-    if builtin is cls or registered is cls:
-        return name
-    if builtin is not None:
-        raise ValueError(
-            f"cannot save {kind} class {shown}: files store class names, and {name!r} is portnn's "
-            f"own {builtin.__module__}.{name}, which load() would build instead; rename your class"
-        )
-    if registered is not None:
-        raise ValueError(
-            f"cannot save {kind} class {shown}: the name {name!r} is registered to another class, "
-            f"{registered.__module__}.{registered.__qualname__}"
-        )
-    if name.startswith("_"):
-        raise ValueError(
-            f"cannot save {kind} class {shown}: its name starts with '_', so it is private and "
-            "never found by name; rename it or register it with @portnn.register"
-        )
-    return name  # load() needs custom_objects or portnn.register for it
 
 
 # ---------------------------------------------------------------- architecture and tensors
@@ -410,6 +353,8 @@ def check_architecture(
     """
     from .layers import Sequential
 
+    from ._registry import resolve
+
     name, config = check_node(where, node)
     cls = resolve("layer", name, custom, where)
     if issubclass(cls, Sequential):
@@ -454,3 +399,34 @@ def check_tensor_values(tensors: Mapping[str, Any], np: Any) -> None:
             )
         if kind != "param" and dtype.kind == "f" and not np.all(np.isfinite(value)):
             raise Bad(f"{label} {name!r} contains NaN or infinity in the file")
+
+
+def optimizer_state(
+    model: Any, optimizer: Any, step: int, saved: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The optimizer state for ``model`` from the file's slots: the slots ``optimizer`` keeps,
+    for the model's parameters, of their shapes (dtypes and values were checked already)."""
+    backend = model.backend
+    params = model.parameters()
+    state = optimizer.init(params, backend.xp)
+    slots = state["slots"]
+    unknown = [k for k in saved if k not in slots]
+    if unknown:
+        raise Bad(f"optimizer slots for parameters the model does not have: {unknown}")
+    for param_name, fresh in slots.items():
+        got = saved.get(param_name, {})
+        if set(got) != set(fresh):
+            raise Bad(
+                f"{type(optimizer).__name__} keeps slots {sorted(fresh)} for parameter "
+                f"{param_name!r}, the file has {sorted(got)}"
+            )
+        shape = tuple(params[param_name].shape)
+        for slot, value in got.items():
+            if tuple(value.shape) != shape:
+                raise Bad(
+                    f"optimizer slot {slot!r} of parameter {param_name!r} has shape "
+                    f"{tuple(value.shape)}, the parameter has shape {shape}"
+                )
+            fresh[slot] = backend.asarray(value, copy=True)
+    state["step"] = step
+    return state

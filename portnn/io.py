@@ -28,20 +28,18 @@ The array library is imported lazily; without it, :func:`save` and
 
 from __future__ import annotations
 
-import errno
-import hashlib
 import json
 import math
 import os
-import secrets
-import stat
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 
 from . import _file_checks as checks
+from . import _registry as names
 from ._file_checks import FORMAT_VERSION, Bad as _Bad, check_node as _check_node
+from ._file_checks import checksum as _checksum
 from .backend import _make_backend, dtype_name, get_backend, to_numpy, use_backend
 from .layers import Dense, Module, Sequential
 from .optimizers import Optimizer
@@ -84,7 +82,7 @@ def _json_config(what: str, config: Any) -> dict[str, Any]:
 def _named_object(kind: str, obj: Any) -> dict[str, Any] | None:
     if obj is None:
         return None
-    name = checks.saved_name(kind, type(obj))
+    name = names.saved_name(kind, type(obj))
     return {"class": name, "config": _json_config(f"{kind} {name}", obj.config())}
 
 
@@ -99,7 +97,7 @@ def _optimizer_node(optimizer: Optimizer | None) -> dict[str, Any] | None:
 
 
 def _architecture(module: Module) -> dict[str, Any]:
-    name = checks.saved_name("layer", type(module))
+    name = names.saved_name("layer", type(module))
     config = _json_config(name, module.config())
     if isinstance(module, Sequential):
         node: dict[str, Any] = {"class": name, "layers": [_architecture(m) for m in module.layers]}
@@ -132,7 +130,7 @@ def register(cls: C) -> C:
         :class:`~portnn.Loss` or :class:`~portnn.Optimizer`.
     :raises ValueError: if its name is that of one of portnn's own classes.
     """
-    checks.register_class(cls)
+    names.register_class(cls)
     return cls
 
 
@@ -228,76 +226,7 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         raise TypeError(f"cannot save {path}: the model's extra state is not JSON-serializable ({e})") from None
 
     metadata = {_META_KEY: text, _CHECKSUM_KEY: _checksum(text, tensors)}
-    _atomic_write(path, lambda: st.numpy.save(tensors, metadata=metadata))
-
-
-def _checksum(meta_text: str, tensors: Mapping[str, np.ndarray]) -> str:
-    """SHA-256 over the metadata and every tensor's name, dtype, shape and bytes."""
-    digest = hashlib.sha256(meta_text.encode())
-    for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
-        digest.update(f"\0{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()
-
-
-def _atomic_write(path: str, produce: Any) -> None:
-    """Write ``produce()``'s bytes to ``path`` through a temporary file and a rename.
-
-    A symlink at ``path`` stays: its target gets the new content. A directory,
-    pipe or device at ``path`` is refused. Temporary files of earlier saves to
-    the same file whose process died (SIGKILL) are removed first.
-    """
-    target = checks.save_target(path)
-    directory = os.path.dirname(os.path.abspath(target))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(errno.ENOENT, f"cannot save {path!r}: no such directory", directory)
-    base = os.path.basename(target)
-    checks.remove_stale_temps(directory, base)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-    while True:
-        tmp = os.path.join(directory, checks.temp_name(base, secrets.token_hex(6)))
-        try:
-            fd = os.open(tmp, flags, 0o666)  # the umask applies, as for an ordinary file
-            break
-        except FileExistsError:
-            continue
-    try:
-        with os.fdopen(fd, "wb") as f:
-            try:
-                mode = stat.S_IMODE(os.stat(target).st_mode)
-            except OSError:
-                mode = None
-            if mode is not None and hasattr(os, "fchmod"):
-                os.fchmod(f.fileno(), mode)  # replacing a file keeps its permissions
-            f.write(produce())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_directory(directory)
-
-
-def _fsync_directory(directory: str) -> None:
-    """Make the rename durable (POSIX); a no-op where directories cannot be opened."""
-    if os.name == "nt":
-        return
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError as e:
-        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
-            raise
-    finally:
-        os.close(fd)
+    checks.atomic_write(path, lambda: st.numpy.save(tensors, metadata=metadata))
 
 
 # ---------------------------------------------------------------- load
@@ -344,7 +273,7 @@ def load(
     :raises ImportError: if safetensors is not installed.
     """
     path = _file_name(path)
-    custom = checks.check_custom_objects(custom_objects)
+    custom = names.check_custom_objects(custom_objects)
     checks.check_model_file(path)
     st = _safetensors()
     try:
@@ -355,7 +284,7 @@ def load(
             checks.check_architecture(meta["architecture"], custom, shapes)
             for kind in ("loss", "optimizer"):
                 if meta.get(kind) is not None:
-                    cls = checks.resolve(kind, meta[kind]["class"], custom, kind)
+                    cls = names.resolve(kind, meta[kind]["class"], custom, kind)
                     checks.check_arguments(kind, cls, meta[kind].get("config", {}))
             tensors = {key: f.get_tensor(key) for key in f.keys()}
         expected = metadata.get(_CHECKSUM_KEY)
@@ -397,7 +326,7 @@ def _build(
 ) -> Module:
     """The layers of an architecture :func:`~portnn._file_checks.check_architecture` accepted."""
     name, config = _check_node(where, node)
-    cls = checks.resolve("layer", name, custom, where)
+    cls = names.resolve("layer", name, custom, where)
     if issubclass(cls, Sequential):
         children = [
             _build(child, custom, tensors, f"{where}.layers[{i}]", f"{prefix}{i}.")
@@ -490,12 +419,12 @@ def _restore(
     model.resume_point = _resume_point(meta.get("resume_point"))
     if meta.get("loss") is not None:
         name, config = _check_node("loss", meta["loss"])
-        model.loss = _construct("loss", checks.resolve("loss", name, custom, "loss"), config)
+        model.loss = _construct("loss", names.resolve("loss", name, custom, "loss"), config)
 
     optimizer = None
     if meta.get("optimizer") is not None:
         name, config = _check_node("optimizer", meta["optimizer"])
-        cls = checks.resolve("optimizer", name, custom, "optimizer")
+        cls = names.resolve("optimizer", name, custom, "optimizer")
         optimizer = model.optimizer = _construct("optimizer", cls, config)
         initial_lr = meta["optimizer"].get("initial_lr")
         if initial_lr is not None:
@@ -507,7 +436,7 @@ def _restore(
         if optimizer is not None:
             model.optimizer_state = None  # fit starts a fresh state
         return
-    model.optimizer_state = _optimizer_state(model, optimizer, step, optim)
+    model.optimizer_state = checks.optimizer_state(model, optimizer, step, optim)
 
 
 def _resume_point(point: Any) -> dict[str, Any] | None:
@@ -531,32 +460,3 @@ def _resume_point(point: Any) -> dict[str, Any] | None:
     ):
         raise _Bad(f"resume_point sums must be [finite loss sum, samples seen, batches skipped], got {sums!r}")
     return dict(point)
-
-
-def _optimizer_state(
-    model: Module, optimizer: Optimizer, step: int, saved: dict[str, dict[str, np.ndarray]]
-) -> dict[str, Any]:
-    backend = model.backend
-    params = model.parameters()
-    state = optimizer.init(params, backend.xp)
-    slots = state["slots"]
-    unknown = [k for k in saved if k not in slots]
-    if unknown:
-        raise _Bad(f"optimizer slots for parameters the model does not have: {unknown}")
-    for param_name, fresh in slots.items():
-        got = saved.get(param_name, {})
-        if set(got) != set(fresh):
-            raise _Bad(
-                f"{type(optimizer).__name__} keeps slots {sorted(fresh)} for parameter "
-                f"{param_name!r}, the file has {sorted(got)}"
-            )
-        shape = tuple(params[param_name].shape)
-        for slot, value in got.items():
-            if tuple(value.shape) != shape:
-                raise _Bad(
-                    f"optimizer slot {slot!r} of parameter {param_name!r} has shape "
-                    f"{tuple(value.shape)}, the parameter has shape {shape}"
-                )
-            fresh[slot] = backend.asarray(value, copy=True)
-    state["step"] = step
-    return state
