@@ -2,10 +2,11 @@
 
 A finite loss and finite gradients can still give a non-finite update (a learning
 rate of 1e308, a schedule that overflows), so the guard looks at the loss, the
-gradients, the updated parameters and the updated optimizer slots together, in
-one host read per step. Updates run in place where the backend's arrays are
-writeable; :class:`Rollback` keeps copies of what such an update overwrites, in
-buffers allocated once, so a rejected step can be undone exactly.
+updated parameters and the updated optimizer slots together, in one host read per
+step. A non-finite gradient always reaches the updated parameters (any arithmetic
+with NaN is NaN; an infinite gradient gives an infinite or NaN update), so the
+gradients need no pass of their own. Optimizer updates return new arrays, so a
+rejected step is undone by not keeping them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from array_api_compat import is_writeable_array
 
-__all__ = ["Rollback", "all_finite", "arrays_of", "probe"]
+__all__ = ["all_finite", "arrays_of", "probe"]
 
 
 def arrays_of(tree: Any) -> Iterator[Any]:
@@ -54,37 +54,3 @@ def all_finite(value: Any, arrays: Iterable[Any], xp: Any) -> bool:
     if not math.isfinite(float(value)):
         return False
     return all(bool(xp.all(xp.isfinite(a))) for a in _floating(arrays, xp))
-
-
-class Rollback:
-    """Copies of the writeable arrays of a training state, taken before an in-place update.
-
-    ``save(arrays)`` copies each writeable array into a buffer of its own (allocated
-    on first use and reused while shapes hold); ``restore()`` writes them back.
-    Arrays of an immutable backend (JAX) are never overwritten, so nothing is kept.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: list[Any] = []
-        self._saved: list[Any] = []
-
-    def save(self, arrays: Iterable[Any]) -> None:
-        saved = [a for a in arrays if is_writeable_array(a)]
-        buffers = self._buffers
-        if len(buffers) != len(saved) or any(
-            b.shape != a.shape or b.dtype != a.dtype for a, b in zip(saved, buffers)
-        ):
-            buffers = self._buffers = [_empty_like(a) for a in saved]
-        for a, b in zip(saved, buffers):
-            b[...] = a
-        self._saved = saved
-
-    def restore(self) -> None:
-        for a, b in zip(self._saved, self._buffers):
-            a[...] = b
-
-
-def _empty_like(a: Any) -> Any:
-    from array_api_compat import array_namespace
-
-    return array_namespace(a).empty_like(a)

@@ -1,9 +1,11 @@
 """Optimizers: update rules as ``(params, grads, state) -> (params, state)``.
 
-The update is a function of its arguments, so an immutable backend (JAX) can
-run it as is; where arrays are writeable, the in-place operators update them
-without temporaries (``p -= ...`` mutates a NumPy/CuPy/torch array and rebinds
-a JAX one). The rules and defaults follow PyTorch's ``torch.optim``.
+The update is a pure function: it never writes into the parameters, gradients
+or state it is given, and returns new arrays. So an immutable backend (JAX) runs
+it as is, ``jax.jit`` can compile it, and ``fit`` can refuse a step whose result
+is not finite by simply not keeping it (nothing to undo). In-place operators are
+used only on the temporaries an update creates itself, so it allocates no more
+than an in-place rule would. The rules and defaults follow PyTorch's ``torch.optim``.
 """
 
 from __future__ import annotations
@@ -89,10 +91,10 @@ def _flag(name: str, value: Any) -> bool:
 
 
 def _ema(avg: Any, x: Any, decay: float) -> Any:
-    """``avg = decay * avg + (1 - decay) * x``, in place where ``avg`` is writeable."""
-    avg *= decay
-    avg += (1 - decay) * x
-    return avg
+    """``decay * avg + (1 - decay) * x``, a new array (``avg`` is not changed)."""
+    new = avg * decay
+    new += (1 - decay) * x
+    return new
 
 
 class Optimizer:
@@ -142,7 +144,9 @@ class Optimizer:
     def _update_one(
         self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
     ) -> tuple[Any, dict[str, Any]]:
-        """Update one parameter; ``slots`` is this call's own dict, to fill with the new slots."""
+        """Update one parameter; ``slots`` is this call's own dict, to fill with the new slots.
+
+        Return new arrays: ``p``, ``g`` and the arrays in ``slots`` must not be written to."""
         raise NotImplementedError
 
     def _l2(self, g: Any, p: Any) -> Any:
@@ -193,13 +197,11 @@ class SGD(Optimizer):
     ) -> tuple[Any, dict[str, Any]]:
         d = self._l2(g, p)
         if self.momentum:
-            buf = slots["momentum_buffer"]
-            buf *= self.momentum
+            buf = slots["momentum_buffer"] * self.momentum
             buf += d
             d = d + self.momentum * buf if self.nesterov else buf
             slots["momentum_buffer"] = buf
-        p -= self.lr * d
-        return p, slots
+        return p - self.lr * d, slots
 
 
 class AdaGrad(Optimizer):
@@ -234,13 +236,11 @@ class AdaGrad(Optimizer):
         self, p: Any, g: Any, slots: dict[str, Any], step: int, xp: Any
     ) -> tuple[Any, dict[str, Any]]:
         g = self._l2(g, p)
-        total = slots["sum"]
-        total += g * g
+        total = slots["sum"] + g * g
         slots["sum"] = total
         std = xp.sqrt(total)
         std += self.eps
-        p -= self.lr / (1 + (step - 1) * self.lr_decay) * (g / std)
-        return p, slots
+        return p - self.lr / (1 + (step - 1) * self.lr_decay) * (g / std), slots
 
 
 class RMSProp(Optimizer):
@@ -288,14 +288,11 @@ class RMSProp(Optimizer):
             avg = xp.sqrt(sq)
         avg += self.eps
         if self.momentum:
-            buf = slots["momentum_buffer"]
-            buf *= self.momentum
+            buf = slots["momentum_buffer"] * self.momentum
             buf += g / avg
             slots["momentum_buffer"] = buf
-            p -= self.lr * buf
-        else:
-            p -= self.lr * (g / avg)
-        return p, slots
+            return p - self.lr * buf, slots
+        return p - self.lr * (g / avg), slots
 
 
 class Adam(Optimizer):
@@ -334,15 +331,14 @@ class Adam(Optimizer):
         if not self.decoupled:
             g = self._l2(g, p)
         elif self.weight_decay:
-            p *= 1 - self.lr * self.weight_decay
-        m, v = slots["exp_avg"], slots["exp_avg_sq"]
-        m *= beta1
+            p = p * (1 - self.lr * self.weight_decay)
+        m = slots["exp_avg"] * beta1
         scaled = g * (1 - beta1)
         m += scaled
         # reuse that temporary for (1 - beta2) * g * g: one large allocation fewer per step
         scaled *= g
         scaled *= (1 - beta2) / (1 - beta1)
-        v *= beta2
+        v = slots["exp_avg_sq"] * beta2
         v += scaled
         slots["exp_avg"], slots["exp_avg_sq"] = m, v
         if self.amsgrad:
@@ -352,10 +348,11 @@ class Adam(Optimizer):
         root_bc2 = (1 - beta2**step) ** 0.5
         denom = xp.sqrt(v)
         denom += self.eps * root_bc2
-        update = m / denom
-        update *= self.lr * root_bc2 / (1 - beta1**step)
-        p -= update
-        return p, slots
+        # p - k * (m / denom), built in the quotient's own buffer (the same bits)
+        new_p = m / denom
+        new_p *= -(self.lr * root_bc2 / (1 - beta1**step))
+        new_p += p
+        return new_p, slots
 
 
 class AdamW(Adam):

@@ -24,7 +24,7 @@ from .layers import Module, Sigmoid, Softmax
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer
-from ._guard import Rollback, all_finite, arrays_of
+from ._guard import all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
 
@@ -467,11 +467,12 @@ class _EagerStep:
     """One training step on the portable path, op by op; call it with a batch.
 
     ``step(xb, yb)`` computes the loss and gradients (with ``dist``: this rank's
-    share, averaged over all ranks) and applies the optimizer's update; with
-    ``check`` set, a step whose loss, gradients, updated parameters or updated
-    optimizer slots are not all finite is undone (parameters, slots and this
-    batch's running statistics), in one host read. Returns ``(loss value,
-    predictions, finite)``, as :class:`portnn.jit.CompiledStep` does.
+    share, averaged over all ranks) and the optimizer's update, which returns new
+    arrays. With ``check`` set, the step is kept only if the loss, the updated
+    parameters and the updated optimizer slots are all finite (one host read; a
+    non-finite gradient always reaches the updated parameters); otherwise the
+    model keeps its arrays and this batch's running statistics are undone.
+    Returns ``(loss value, predictions, finite)``, as :class:`portnn.jit.CompiledStep` does.
     """
 
     def __init__(
@@ -482,7 +483,6 @@ class _EagerStep:
         self.xp = model.xp
         self.slots = model._slots()
         self.has_buffers = bool(model.buffers())
-        self.rollback = Rollback()
 
     def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
         model, xp = self.model, self.xp
@@ -492,19 +492,13 @@ class _EagerStep:
             value, grads, pred = compute()
         else:  # this rank's share, then averaged over all ranks
             value, grads, pred = self.dist.value_and_grad(compute, model, xb, self.interrupt)
-        params, state = model.parameters(), model.optimizer_state
-        if self.check:
-            self.rollback.save([*params.values(), *arrays_of(state)])
+        new_params, new_state = self.opt.update(model.parameters(), grads, model.optimizer_state, xp)
+        finite = all_finite(value, [*new_params.values(), *arrays_of(new_state)], xp) if self.check else None
+        if finite is False:
+            if buffers:
+                model.load_buffers(buffers, check_finite=False)  # undo this batch's running statistics
+            return value, pred, finite
         with model._weights_lock.writing():
-            new_params, new_state = self.opt.update(params, grads, state, xp)
-            finite = None
-            if self.check:
-                finite = all_finite(value, [*grads.values(), *new_params.values(), *arrays_of(new_state)], xp)
-            if finite is False:
-                self.rollback.restore()  # parameters and slots as before this step
-                if buffers:
-                    model.load_buffers(buffers)  # undo this batch's running statistics
-                return value, pred, finite
             model._assign(new_params, self.slots)
             model.optimizer_state = new_state
         return value, pred, finite
