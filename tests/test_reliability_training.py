@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import portnn as pn
+from portnn._guard import arrays_of
 from portnn.data import PREFETCH_THREAD
 from portnn.metrics import Metric
 
@@ -523,3 +524,25 @@ def test_predict_inside_a_training_step_does_not_deadlock(rng):
 
     model.fit(X, y, optimizer=Predicts(lr=0.1), epochs=1, **ARGS)
     assert len(seen) == 10
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pn.SGD(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.1),
+    lambda: pn.AdaGrad(lr=0.1, weight_decay=0.1),
+    lambda: pn.RMSProp(lr=0.1, momentum=0.9, centered=True),
+    lambda: pn.Adam(lr=0.1, amsgrad=True, weight_decay=0.1),
+    lambda: pn.AdamW(lr=0.1),
+])
+def test_an_optimizer_update_never_writes_into_its_arguments(rng, xp, make):
+    model = _model()
+    params = model.parameters()
+    grads = {k: xp.asarray(rng.normal(size=tuple(v.shape)), dtype=v.dtype, device=v.device) for k, v in params.items()}
+    opt = make()
+    state = opt.init(params, xp)
+    for _ in range(2):  # the second step starts from non-zero slots
+        before = [pn.to_numpy(a).copy() for a in [*params.values(), *grads.values(), *arrays_of(state)]]
+        new_params, new_state = opt.update(params, grads, state, xp)
+        after = [pn.to_numpy(a) for a in [*params.values(), *grads.values(), *arrays_of(state)]]
+        for a, b in zip(before, after):
+            np.testing.assert_array_equal(a, b)
+        params, state = new_params, new_state
