@@ -42,28 +42,27 @@ class Bad(ValueError):
 # ---------------------------------------------------------------- values
 
 
-def dtype_kind(name: str, value: Any) -> str:
-    """``"f"`` (real floating) or ``"i"`` (integer) for ``value`` of any array library.
-
-    Strings, objects, bools and complex numbers are a TypeError naming ``name``.
+def dtype_kind(name: str, value: Any) -> tuple[str, str]:
+    """(``"f"`` for real floating or ``"i"`` for integer, the dtype's name) for ``value`` of any
+    array library. Strings, objects, bools and complex numbers are a TypeError naming ``name``.
     """
     if _library_name(value) in (None, "numpy"):
         arr = host_array(name, value)  # numbers only: no strings, objects, bools or complex
-        return "f" if arr.dtype.kind == "f" else "i"
+        return ("f" if arr.dtype.kind == "f" else "i"), str(arr.dtype)
     kind = device_dtype_kind(_ns(value), value.dtype)
     if kind in "bc":
         what = "bool" if kind == "b" else "complex"
         raise TypeError(f"{name} has a {what} dtype ({value.dtype}); expected real numbers")
-    return kind
+    return kind, str(value.dtype)
 
 
 def check_real(name: str, value: Any, *, floating: bool) -> None:
     """``value`` holds real numbers; with ``floating``, floating-point ones (no integers)."""
-    kind = dtype_kind(name, value)
+    kind, dtype = dtype_kind(name, value)
     if floating and kind != "f":
         raise TypeError(
-            f"{name} is floating point, got integer values ({getattr(value, 'dtype', type(value).__name__)}); "
-            "pass floating-point numbers"
+            f"{name} takes floating-point numbers, got integers (dtype {dtype}); "
+            "convert them first, e.g. with .astype('float32')"
         )
 
 

@@ -39,7 +39,7 @@ import numpy as np
 from . import _file_checks as checks
 from . import _registry as names
 from ._file_checks import FORMAT_VERSION, Bad as _Bad, check_node as _check_node
-from ._file_checks import checksum as _checksum
+from ._file_checks import atomic_write as _atomic_write, checksum as _checksum  # export.py writes with it
 from .backend import _make_backend, dtype_name, get_backend, to_numpy, use_backend
 from .layers import Dense, Module, Sequential
 from .optimizers import Optimizer
@@ -160,16 +160,21 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
 
     The file is written to a temporary file in the same directory, flushed to
     disk and then renamed onto ``path``: if anything fails, the previous file at
-    ``path`` (if any) is left intact and the temporary file is removed.
+    ``path`` (if any) is left intact and the temporary file is removed. A
+    symlink at ``path`` stays and its target gets the new file; temporary files
+    left by earlier saves to it whose process died are removed.
 
-    :param model: a :class:`~portnn.layers.Module` whose layers are registered
-        classes (every class defined as a ``Module`` subclass) and whose
-        containers are :class:`~portnn.layers.Sequential`.
+    :param model: a :class:`~portnn.layers.Module` whose containers are
+        :class:`~portnn.layers.Sequential`. Classes of your own are saved by
+        name; :func:`load` then needs them as ``custom_objects`` or registered
+        with :func:`register`.
     :param path: file name (``str`` or ``os.PathLike``), by convention ending
-        in ``.safetensors``.
+        in ``.safetensors``: a new file, a regular file or a symlink to one.
     :raises ImportError: if safetensors is not installed.
-    :raises ValueError: if a layer, the loss or the optimizer cannot be
-        rebuilt from its class name.
+    :raises IsADirectoryError: if ``path`` is a directory.
+    :raises ValueError: if ``path`` is a pipe, device or socket, or a class of
+        your own has the name of one of portnn's classes (a file would mean
+        portnn's) or a private name (``_...``) and is not registered.
     """
     from . import __version__
 
@@ -391,7 +396,7 @@ def _load_arrays(model: Module, params: dict[str, Any], buffers: dict[str, Any])
         model.load_parameters(params, check_finite=False)  # a diverged model still loads
         model.load_buffers(buffers)
     except (KeyError, TypeError, ValueError) as e:
-        raise _Bad(str(e).strip("\"'")) from None
+        raise _Bad(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from None
 
 
 def _restore(

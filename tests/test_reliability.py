@@ -112,7 +112,7 @@ def test_float16_inputs_are_computed_in_float32(backend):
     np.testing.assert_allclose(pn.to_numpy(y), pn.to_numpy(model(x.astype(np.float32))), rtol=1e-6)
 
 
-class _SignalAt(pn.SGD):
+class SignalAt(pn.SGD):
     """SGD that sends a signal to this process during its ``at``-th step."""
 
     def __init__(self, at, signum, **kwargs):
@@ -132,14 +132,14 @@ def test_ctrl_c_stops_after_the_current_step_and_writes_a_checkpoint(rng, tmp_pa
     model = _model()
     ckpt = pn.ModelCheckpoint(tmp_path / "last-{epoch}.safetensors", save_best_only=True, monitor="loss")
     with pytest.raises(KeyboardInterrupt):
-        model.fit(X, y, optimizer=_SignalAt(13, signal.SIGINT, lr=0.1), epochs=3, callbacks=[ckpt], **ARGS)
+        model.fit(X, y, optimizer=SignalAt(13, signal.SIGINT, lr=0.1), epochs=3, callbacks=[ckpt], **ARGS)
     reference = _model()
     reference.fit(X, y, optimizer=pn.SGD(lr=0.1), epochs=1, **ARGS)  # 10 steps
     reference.fit(X[:30], y[:30], epochs=1, **ARGS)  # 3 more: the interrupted step completed
     _assert_same(_weights(model), _weights(reference))
     assert model.history.epoch == [0]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    _assert_same(_weights(pn.load(ckpt.last_path)), _weights(reference))
+    _assert_same(_weights(pn.load(ckpt.last_path, custom_objects={"SignalAt": SignalAt})), _weights(reference))
 
 
 def test_sigterm_ends_the_process_after_a_final_checkpoint(tmp_path):
@@ -149,11 +149,11 @@ def test_sigterm_ends_the_process_after_a_final_checkpoint(tmp_path):
         import numpy as np
         import portnn as pn
         sys.path.insert(0, {os.path.dirname(__file__)!r})
-        from test_reliability import _SignalAt, _data, _model, ARGS
+        from test_reliability import SignalAt, _data, _model, ARGS
         X, y = _data(np.random.default_rng(1))
         model = _model()
         ckpt = pn.ModelCheckpoint({str(tmp_path / "final.safetensors")!r}, monitor="loss")
-        model.fit(X, y, optimizer=_SignalAt(4, signal.SIGTERM, lr=0.1), epochs=2, callbacks=[ckpt], **ARGS)
+        model.fit(X, y, optimizer=SignalAt(4, signal.SIGTERM, lr=0.1), epochs=2, callbacks=[ckpt], **ARGS)
         print("fit returned")
     """)
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
@@ -162,7 +162,7 @@ def test_sigterm_ends_the_process_after_a_final_checkpoint(tmp_path):
     X, y = _data(np.random.default_rng(1))
     reference = _model()
     reference.fit(X[:40], y[:40], optimizer=pn.SGD(lr=0.1), epochs=1, **ARGS)
-    _assert_same(_weights(pn.load(tmp_path / "final.safetensors")), _weights(reference))
+    _assert_same(_weights(pn.load(tmp_path / "final.safetensors", custom_objects={"SignalAt": SignalAt})), _weights(reference))
 
 
 def _trained(rng):
