@@ -10,6 +10,7 @@ catches array creation that forgets ``device=``.
 from __future__ import annotations
 
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -74,3 +75,12 @@ def rng():
 def tolerance(dtype_name: str) -> dict:
     """Tolerances for comparing results across backends (they differ in the last bits)."""
     return {"rtol": 1e-5, "atol": 1e-6} if dtype_name == "float32" else {"rtol": 1e-10, "atol": 1e-12}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt even when the run was started in the background
+    (a shell's background job inherits SIGINT ignored), so the interrupt tests test fit."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

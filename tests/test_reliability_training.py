@@ -185,6 +185,7 @@ def test_ctrl_c_during_a_prefetching_fit_stops_it(tmp_path):
         import numpy as np
         import portnn as pn
 
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background
         pn.set_backend("array_api_strict")
         X = np.random.default_rng(0).normal(size=(2000, 4)).astype(np.float32)
         y = (X[:, 0] > 0).astype(np.int64)
@@ -333,7 +334,7 @@ def _threaded_inference_during_fit(model, X, y, probe, read):
     results, done = [], threading.Event()
 
     def reader():
-        while not done.is_set():
+        while not done.wait(0.002):  # a pause between reads, so the training thread gets the GIL
             results.append(read(probe))
 
     thread = threading.Thread(target=reader)
