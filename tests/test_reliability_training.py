@@ -334,7 +334,7 @@ def _threaded_inference_during_fit(model, X, y, probe, read):
     results, done = [], threading.Event()
 
     def reader():
-        while not done.wait(0.002):  # a pause between reads, so the training thread gets the GIL
+        while not done.is_set() and len(results) < 300:  # bounded: fit still gets the GIL to end
             results.append(read(probe))
 
     thread = threading.Thread(target=reader)
