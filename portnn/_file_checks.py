@@ -166,7 +166,7 @@ def remove_stale_temps(directory: str, base: str) -> None:
 
 def checksum(meta_text: str, tensors: Mapping[str, Any]) -> str:
     """SHA-256 over the metadata and every tensor's name, dtype, shape and bytes."""
-    import numpy as np
+    import numpy as np  # host side only: the tensors being written or read are NumPy arrays
 
     digest = hashlib.sha256(meta_text.encode())
     for name in sorted(tensors):
