@@ -6,8 +6,10 @@ other compliant array library.
 
 from . import functional
 from .backend import Backend, BackendError, available_backends, get_backend, set_backend, to_numpy, use_backend
-from .layers import ELU, GELU, Dense, Identity, LeakyReLU, Module, ReLU, Sequential, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
-from .regularization import BatchNorm, Dropout, LayerNorm
+from . import nn
+from .nn import ELU, GELU, Dense, Flatten, Identity, LeakyReLU, Module, ReLU, Reshape, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
+from .nn import BatchNorm, Dropout, LayerNorm
+from .nn import Add, Concatenate, Parallel, Residual, Sequential
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
 from .training import History, TrainingDivergedError, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
@@ -17,6 +19,7 @@ from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLRO
 from .io import load, register, save
 from .distributed import DataParallel, DistributedError
 from .export import ExportError, export_onnx
+from . import testing
 
 __version__ = "0.1.0"
 
@@ -35,5 +38,5 @@ __all__ = sorted(
     name
     for name, value in globals().items()
     if not name.startswith("_")
-    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "schedules"})
+    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "schedules", "nn", "testing"})
 )

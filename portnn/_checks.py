@@ -143,9 +143,13 @@ _INPUT_NDIM = {1: "1-D (one sample)", 2: "2-D (samples, features)"}
 
 
 def check_ndim(
-    name: str, shape: tuple[int, ...], allowed: tuple[int, ...], what: Mapping[int, str] | None = None
+    name: str, shape: tuple[int, ...], allowed: tuple[int, ...] | None, what: Mapping[int, str] | None = None
 ) -> None:
     """``len(shape)`` must be in ``allowed``; ``what`` describes each allowed rank in the message."""
+    if allowed is None:  # any rank from 1 up: the first axis is the sample axis
+        if len(shape) == 0:
+            raise ValueError(f"{name} must be an array (first axis: samples), got a single number")
+        return
     if len(shape) not in allowed:
         what = _INPUT_NDIM if what is None else what
         expected = " or ".join(what.get(n, f"{n}-D") for n in allowed)
@@ -180,7 +184,7 @@ def as_input(
     x: Any,
     dtype: Any,
     *,
-    ndims: tuple[int, ...] = (1, 2),
+    ndims: tuple[int, ...] | None = (1, 2),
     finite: bool = False,
     what: Mapping[int, str] | None = None,
 ) -> Any:
@@ -212,3 +216,27 @@ def _ns(x: Any) -> Any:
     from array_api_compat import array_namespace
 
     return array_namespace(x)
+
+
+def dtype_kind(name: str, value: Any) -> tuple[str, str]:
+    """(``"f"`` for real floating or ``"i"`` for integer, the dtype's name) for ``value`` of any
+    array library. Strings, objects, bools and complex numbers are a TypeError naming ``name``.
+    """
+    if _library_name(value) in (None, "numpy"):
+        arr = host_array(name, value)  # numbers only: no strings, objects, bools or complex
+        return ("f" if arr.dtype.kind == "f" else "i"), str(arr.dtype)
+    kind = device_dtype_kind(_ns(value), value.dtype)
+    if kind in "bc":
+        what = "bool" if kind == "b" else "complex"
+        raise TypeError(f"{name} has a {what} dtype ({value.dtype}); expected real numbers")
+    return kind, str(value.dtype)
+
+
+def check_real(name: str, value: Any, *, floating: bool) -> None:
+    """``value`` holds real numbers; with ``floating``, floating-point ones (no integers)."""
+    kind, dtype = dtype_kind(name, value)
+    if floating and kind != "f":
+        raise TypeError(
+            f"{name} takes floating-point numbers, got integers (dtype {dtype}); "
+            "convert them first, e.g. with .astype('float32')"
+        )

@@ -9,8 +9,8 @@ makes portnn allocate more than its own tensors, and never runs a constructor
 the user did not choose.
 
 The value checks (:func:`check_real`) are shared with
-:meth:`Module.load_parameters <portnn.layers.Module.load_parameters>`,
-:meth:`~portnn.layers.Module.load_buffers` and ``Dense(weight=...)``.
+:meth:`Module.load_parameters <portnn.Module.load_parameters>`,
+:meth:`~portnn.Module.load_buffers` and ``Dense(weight=...)``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from ._checks import _ns, device_dtype_kind, host_array
+from ._checks import check_real, dtype_kind
 from .backend import _library_name
 
 FORMAT_VERSION = 1
@@ -40,30 +40,6 @@ class Bad(ValueError):
 
 
 # ---------------------------------------------------------------- values
-
-
-def dtype_kind(name: str, value: Any) -> tuple[str, str]:
-    """(``"f"`` for real floating or ``"i"`` for integer, the dtype's name) for ``value`` of any
-    array library. Strings, objects, bools and complex numbers are a TypeError naming ``name``.
-    """
-    if _library_name(value) in (None, "numpy"):
-        arr = host_array(name, value)  # numbers only: no strings, objects, bools or complex
-        return ("f" if arr.dtype.kind == "f" else "i"), str(arr.dtype)
-    kind = device_dtype_kind(_ns(value), value.dtype)
-    if kind in "bc":
-        what = "bool" if kind == "b" else "complex"
-        raise TypeError(f"{name} has a {what} dtype ({value.dtype}); expected real numbers")
-    return kind, str(value.dtype)
-
-
-def check_real(name: str, value: Any, *, floating: bool) -> None:
-    """``value`` holds real numbers; with ``floating``, floating-point ones (no integers)."""
-    kind, dtype = dtype_kind(name, value)
-    if floating and kind != "f":
-        raise TypeError(
-            f"{name} takes floating-point numbers, got integers (dtype {dtype}); "
-            "convert them first, e.g. with .astype('float32')"
-        )
 
 
 # ---------------------------------------------------------------- files
@@ -293,37 +269,47 @@ def check_node(what: str, node: Any) -> tuple[str, dict[str, Any]]:
 # ---------------------------------------------------------------- architecture and tensors
 
 
-def _size(config: Mapping[str, Any], key: str) -> int | None:
-    value = config.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+def child_nodes(name: str, node: Mapping[str, Any], where: str) -> list[tuple[str, Any]]:
+    """(child name, child node) for the sub-modules a node lists under ``"layers"``; a
+    child's name is its index unless it says otherwise (``"name"``)."""
+    if "layers" not in node:
+        return []
+    layers = node["layers"]
+    if not isinstance(layers, list):
+        raise Bad(f"{name} at {where} must list its 'layers', got {type(layers).__name__}")
+    found = []
+    for i, child in enumerate(layers):
+        child_name = child.get("name", str(i)) if isinstance(child, dict) else str(i)
+        if not isinstance(child_name, str) or not child_name or "." in child_name:
+            raise Bad(f"{name} at {where}.layers[{i}] has a name that is not a module name: {child_name!r}")
+        found.append((child_name, child))
+    names = [n for n, _ in found]
+    if len(set(names)) != len(names):
+        raise Bad(f"{name} at {where} lists sub-modules with the same name: {names}")
+    return found
+
+
+def takes_children(cls: type) -> bool:
+    """Whether a module class is rebuilt from its children (it overrides ``from_config``)."""
+    from .nn.module import Module
+
+    return getattr(cls.from_config, "__func__", None) is not Module.from_config.__func__
 
 
 def _claimed(cls: type, config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
-    """Parameter (``param/``) and buffer (``buffer/``) shapes a built-in layer's config claims.
+    """Shapes a layer's config claims for its parameters and buffers (``state_shapes``).
 
     Sizes that are not integers are left to the constructor, which refuses them
     before allocating anything.
     """
-    from .layers import Dense
-    from .regularization import BatchNorm, LayerNorm
-
-    if cls is Dense:
-        n_in, n_out = _size(config, "in_features"), _size(config, "out_features")
-        if n_in is None or n_out is None:
-            return {}
-        claimed = {"param/weight": (n_in, n_out)}
-        if bool(config.get("use_bias", True)):
-            claimed["param/bias"] = (n_out,)
-        return claimed
-    if cls in (BatchNorm, LayerNorm):
-        features = _size(config, "features")
-        if features is None:
-            return {}
-        keys = ["param/weight", "param/bias"]
-        if cls is BatchNorm:
-            keys += ["buffer/running_mean", "buffer/running_var"]
-        return dict.fromkeys(keys, (features,))
-    return {}
+    state_shapes = getattr(cls, "state_shapes", None)
+    if state_shapes is None:
+        return {}
+    try:
+        claimed = state_shapes(dict(config))
+    except Exception as e:  # noqa: BLE001 -- a class of the user's own may fail on a bad config
+        raise Bad(f"{cls.__name__}.state_shapes cannot read config {dict(config)!r}: {e}") from None
+    return dict(claimed or {})
 
 
 def check_arguments(kind: str, cls: type, config: Mapping[str, Any], n_args: int = 0) -> None:
@@ -350,36 +336,33 @@ def check_architecture(
     ``shapes`` are the stored tensors' shapes, from the file's header: a config
     claiming a layer larger than its tensors fails here, before any layer exists.
     """
-    from .layers import Sequential
-
     from ._registry import resolve
 
     name, config = check_node(where, node)
     cls = resolve("layer", name, custom, where)
-    if issubclass(cls, Sequential):
-        layers = node.get("layers")
-        if not isinstance(layers, list):
-            raise Bad(f"{name} at {where} must list its 'layers'")
-        check_arguments("layer", cls, config, len(layers))
-        for i, child in enumerate(layers):
-            check_architecture(child, custom, shapes, f"{where}.layers[{i}]", f"{prefix}{i}.")
-        return
-    if "layers" in node:
-        raise Bad(f"{name} at {where} is not a container but lists 'layers'")
-    check_arguments("layer", cls, config)
-    for key, shape in _claimed(cls, config).items():
-        kind, own = key.split("/", 1)
-        stored = shapes.get(f"{kind}/{prefix}{own}")
-        label = "parameter" if kind == "param" else "buffer"
-        if stored is None:
+    if not isinstance(node.get("trainable", True), bool):
+        raise Bad(f"{name} at {where} has 'trainable' {node['trainable']!r}; it must be true or false")
+    children = child_nodes(name, node, where)
+    if takes_children(cls):
+        if (cls.__module__ or "").startswith("portnn"):  # a user's from_config may take anything
+            check_arguments("layer", cls, config, len(children))
+    else:
+        check_arguments("layer", cls, config)
+    for i, (child_name, child) in enumerate(children):
+        check_architecture(child, custom, shapes, f"{where}.layers[{i}]", f"{prefix}{child_name}.")
+    for own, shape in _claimed(cls, config).items():
+        kinds = [k for k in ("param", "buffer") if f"{k}/{prefix}{own}" in shapes]
+        label = "parameter" if not kinds or kinds[0] == "param" else "buffer"
+        if not kinds:
             raise Bad(
                 f"the {label}s do not match the architecture: missing {[prefix + own]} "
                 f"({name} at {where} has config {config!r})"
             )
-        if tuple(stored) != shape:
+        stored = shapes[f"{kinds[0]}/{prefix}{own}"]
+        if tuple(stored) != tuple(shape):
             raise Bad(
                 f"{label} {prefix + own!r} has shape {tuple(stored)} in the file, but the "
-                f"architecture gives it shape {shape} ({name} at {where} has config {config!r})"
+                f"architecture gives it shape {tuple(shape)} ({name} at {where} has config {config!r})"
             )
 
 

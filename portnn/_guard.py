@@ -12,23 +12,13 @@ rejected step is undone by not keeping them.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
+
+from ._tree import arrays_of
 
 
 __all__ = ["all_finite", "arrays_of", "probe"]
-
-
-def arrays_of(tree: Any) -> Iterator[Any]:
-    """The arrays in a nest of dicts, lists and tuples (numbers and None skipped)."""
-    if isinstance(tree, Mapping):
-        for value in tree.values():
-            yield from arrays_of(value)
-    elif isinstance(tree, list | tuple):
-        for value in tree:
-            yield from arrays_of(value)
-    elif hasattr(tree, "shape") and hasattr(tree, "dtype"):
-        yield tree
 
 
 def _floating(arrays: Iterable[Any], xp: Any) -> list[Any]:

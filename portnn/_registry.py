@@ -1,7 +1,7 @@
 """Which class a name in a model file means.
 
 Files store class names only. A name resolves to portnn's own class of that
-name (layers: :attr:`Module.registry <portnn.layers.Module.registry>`, filled
+name (layers: :attr:`Module.registry <portnn.Module.registry>`, filled
 with the classes of portnn's modules only), else to a class the caller passed
 as ``load(..., custom_objects=...)``, else to one registered with
 :func:`portnn.register`. A class defined elsewhere never shadows portnn's, and
@@ -17,13 +17,13 @@ from typing import Any
 from ._file_checks import Bad
 
 
-def _is_portnn(cls: type) -> bool:
+def is_portnn(cls: type) -> bool:
     module = getattr(cls, "__module__", "") or ""
     return module == "portnn" or module.startswith("portnn.")
 
 
 def _bases() -> dict[str, type]:
-    from .layers import Module
+    from .nn.module import Module
     from .losses import Loss
     from .optimizers import Optimizer
 
@@ -46,7 +46,7 @@ def builtin_classes(kind: str) -> dict[str, type]:
         if cls in seen:
             continue
         seen.add(cls)
-        if _is_portnn(cls) and not cls.__name__.startswith("_"):
+        if is_portnn(cls) and not cls.__name__.startswith("_"):
             found.setdefault(cls.__name__, cls)
         queue.extend(cls.__subclasses__())
     return found

@@ -30,7 +30,7 @@ import numpy as np
 from ._checks import as_input, check_dtype, check_ndim, check_not_empty, host_array, is_device_array
 from .backend import Backend, _library_name, dtype_name, to_numpy
 
-__all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows"]
+__all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows", "n_samples", "samples", "take_rows"]
 
 # the name of the worker threads that gather the next batch
 PREFETCH_THREAD = "portnn-prefetch"
@@ -39,8 +39,49 @@ PREFETCH_THREAD = "portnn-prefetch"
 _SCAN_ROWS = 1 << 16
 
 
+def samples(backend: Backend, name: str, X: Any, dtype: Any, *, finite: bool) -> Any:
+    """Validate model inputs: an array of samples (:func:`feature_matrix`), or a tuple of
+    them for a model with several inputs, each with one row per sample."""
+    if not isinstance(X, tuple):
+        return feature_matrix(backend, name, X, dtype, finite=finite)
+    if not X:
+        raise ValueError(f"{name} is an empty tuple; a model with several inputs takes one array per input")
+    items = tuple(feature_matrix(backend, f"{name}[{i}]", xi, dtype, finite=finite) for i, xi in enumerate(X))
+    if any(is_dask(xi) for xi in items) and str(backend) != "dask":
+        raise TypeError(f"{name}: a tuple of Dask arrays is not supported; pass one Dask array, or NumPy arrays")
+    first = int(items[0].shape[0])
+    for i, xi in enumerate(items[1:], start=1):
+        if int(xi.shape[0]) != first:
+            raise ValueError(
+                f"{name}[{i}] has {int(xi.shape[0])} samples (shape {tuple(xi.shape)}), but {name}[0] has "
+                f"{first}; every input of a tuple needs one row per sample"
+            )
+    return items
+
+
+def n_samples(X: Any) -> int:
+    """The number of samples of an input (an array or a tuple of arrays)."""
+    return int((X[0] if isinstance(X, tuple) else X).shape[0])
+
+
+def sample_shape(X: Any) -> Any:
+    """The shape of one sample (a tuple of them for a tuple input)."""
+    if isinstance(X, tuple):
+        return tuple(sample_shape(xi) for xi in X)
+    return tuple(int(s) for s in X.shape[1:])
+
+
+_SAMPLES = {2: "2-D (samples, features) or more (samples, ...)"}
+
+
+def _check_rank(name: str, shape: tuple[int, ...], dask: bool = False) -> None:
+    """Samples on the first axis: at least 2-D (a Dask matrix exactly 2-D)."""
+    if len(shape) < 2 or (dask and len(shape) != 2):
+        check_ndim(name, shape, (2,), None if dask else _SAMPLES)
+
+
 def feature_matrix(backend: Backend, name: str, X: Any, dtype: Any, *, finite: bool) -> Any:
-    """Validate a 2-D feature matrix.
+    """Validate an array of samples: 2-D ``(samples, features)`` or more (``(samples, ...)``).
 
     Arrays of the model's backend are returned on it; everything else as a host
     NumPy array (a path to a ``.npy`` file is memory-mapped), moved batch by batch.
@@ -50,11 +91,12 @@ def feature_matrix(backend: Backend, name: str, X: Any, dtype: Any, *, finite: b
     if is_dask(X) and str(backend) != "dask":
         return _dask_matrix(name, X, dtype, finite=finite)
     if is_device_array(X) and _library_name(X) == str(backend):
-        return as_input(backend, name, X, dtype, ndims=(2,), finite=finite)
+        _check_rank(name, tuple(X.shape))
+        return as_input(backend, name, X, dtype, ndims=None, finite=finite)
     if is_device_array(X):
         X = to_numpy(X)
     X = host_array(name, X)
-    check_ndim(name, X.shape, (2,))
+    _check_rank(name, X.shape)
     check_not_empty(name, X.shape)
     if finite and X.dtype.kind == "f":
         # values beyond the model's dtype would become infinite in the conversion
@@ -143,8 +185,17 @@ def map_rows(X: Any, fn: Any, n_outputs: int | None, dtype: Any) -> Any:
 
 
 def take_rows(data: Any, start: int, stop: int) -> Any:
-    """Rows ``start:stop`` of a host or device matrix (a view where the library gives one)."""
+    """Rows ``start:stop`` of a host or device array, or of each array of a tuple (views where
+    the library gives them)."""
+    if isinstance(data, tuple):
+        return tuple(d[start:stop, ...] for d in data)
     return data[start:stop, ...]
+
+
+def _take(xp: Any, data: Any, idx: Any) -> Any:
+    if isinstance(data, tuple):
+        return tuple(xp.take(d, idx, axis=0) for d in data)
+    return xp.take(data, idx, axis=0)
 
 
 class Batcher:
@@ -157,8 +208,9 @@ class Batcher:
 
     def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
         self.backend = backend
-        self.dask = is_dask(X) and str(backend) != "dask"
-        self.on_device = is_device_array(X) and not self.dask
+        first = X[0] if isinstance(X, tuple) else X
+        self.dask = is_dask(first) and str(backend) != "dask"
+        self.on_device = all(is_device_array(xi) for xi in (X if isinstance(X, tuple) else (X,))) and not self.dask
         self.dtype = dtype
         self.X = X
         self.y_dtype = y_dtype
@@ -185,10 +237,15 @@ class Batcher:
         return self._pool.submit(fn, *args)
 
     def __len__(self) -> int:
-        return int(self.X.shape[0])
+        return n_samples(self.X)
 
     def _host_batch(self, sel: Any) -> tuple[Any, Any]:
-        xb = self.backend.asarray(_dask_rows(self.X, sel) if self.dask else self.X[sel], self.dtype)
+        if self.dask:
+            xb = self.backend.asarray(_dask_rows(self.X, sel), self.dtype)
+        elif isinstance(self.X, tuple):
+            xb = tuple(self.backend.asarray(xi[sel], self.dtype) for xi in self.X)
+        else:
+            xb = self.backend.asarray(self.X[sel], self.dtype)
         yb = None if self.y is None else self.backend.asarray(self.y[sel], self.y_dtype)
         return xb, yb
 
@@ -226,9 +283,9 @@ class Batcher:
                     yb = None if self.y is None else take_rows(self.y, sel.start, sel.stop)
                 else:
                     idx = self.backend.asarray(sel)
-                    xb = xp.take(self.X, idx, axis=0)
+                    xb = _take(xp, self.X, idx)
                     yb = None if self.y is None else xp.take(self.y, idx, axis=0)
-                yield xb, yb, int(xb.shape[0])
+                yield xb, yb, n_samples(xb)
             return
         if self.dask:
             yield from self._dask_batches(selections)
@@ -236,14 +293,14 @@ class Batcher:
         if not self.prefetch:
             for sel in selections:
                 xb, yb = self._host_batch(sel)
-                yield xb, yb, int(xb.shape[0])
+                yield xb, yb, n_samples(xb)
             return
         pending = self._submit(self._host_batch, selections[0]) if selections else None
         for i in range(len(selections)):
             xb, yb = pending.result()
             if i + 1 < len(selections):
                 pending = self._submit(self._host_batch, selections[i + 1])
-            yield xb, yb, int(xb.shape[0])
+            yield xb, yb, n_samples(xb)
 
     def _dask_batches(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
         """Batches of a Dask matrix, computed a window of about one chunk's rows at a time
@@ -284,6 +341,6 @@ class Batcher:
                 yb = None if self.y is None else take_rows(self.y, a, b)
             else:
                 idx = device_order[a:b]
-                xb = xp.take(self.X, idx, axis=0)
+                xb = _take(xp, self.X, idx)
                 yb = None if self.y is None else xp.take(self.y, idx, axis=0)
             yield xb, yb, b - a

@@ -307,8 +307,8 @@ class DataParallel:
         Returns ``(seed of the shuffling orders, callbacks this rank runs)``.
         """
         from .callbacks import CSVLogger, JSONLogger, ModelCheckpoint
-        from .layers import _move_tree
-        from .regularization import Dropout
+        from ._tree import move_tree
+        from .nn import Dropout
 
         MPI = self._MPI
         # an exception the caller is handling while it calls fit is not a failure of fit
@@ -335,7 +335,7 @@ class DataParallel:
             model.load_parameters(state["parameters"])
             if state["buffers"]:
                 model.load_buffers(state["buffers"])
-            model.optimizer_state = _move_tree(state["optimizer_state"], model.backend)
+            model.optimizer_state = move_tree(state["optimizer_state"], model.backend)
             modules = dict(model.named_modules())
             for name, extra in state["extra"].items():
                 modules[name].load_extra_state(extra)
@@ -343,7 +343,7 @@ class DataParallel:
         # dropout: each rank keeps its rows of the global batch's mask
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
         for m in self._dropouts:
-            m._uniform = self._shard_uniform(m)
+            m.uniform = self._shard_uniform(m)
         self._reducer = self._make_reducer(model)
         if self.rank != 0:
             writers = (ModelCheckpoint, CSVLogger, JSONLogger)
@@ -351,7 +351,7 @@ class DataParallel:
         return int(state["seed"]), list(callbacks)
 
     def _shard_uniform(self, module: Any) -> Callable[[tuple[int, ...]], Any]:
-        draw = type(module)._uniform
+        draw = type(module).uniform
 
         def uniform(shape: tuple[int, ...]) -> Any:
             total, lo, hi = self._span
@@ -394,7 +394,7 @@ class DataParallel:
         if local:
             value, grads, pred = compute()
         else:  # a batch smaller than the number of ranks: nothing to compute here
-            pred, _ = model._forward(xb, True)  # still advances the dropout generators
+            pred, _ = model.apply(xb, True)  # still advances the dropout generators
             value, grads = None, {}
         signum = self._signal or interrupt.received
         self._signal = interrupt.received = None
@@ -446,7 +446,7 @@ class DataParallel:
         if exc is not None and not _shared_failure(exc):
             self._alarm_others(exc)
         for m in self._dropouts:
-            m.__dict__.pop("_uniform", None)
+            m.__dict__.pop("uniform", None)
         self._dropouts = []
         if self._signal is not None and interrupt.received is None:
             interrupt.received = self._signal  # arrived after the last step: handled like fit does
@@ -465,8 +465,9 @@ class DataParallel:
 
     # ------------------------------------------------------------ reducers
     def _make_reducer(self, model: Any) -> Any:
-        names = [name for name, _, _ in model._slots()]
-        shapes = [tuple(p.shape) for p in model.parameters().values()]
+        trainable = model.parameters(trainable_only=True)  # frozen parameters have no gradients
+        names = list(trainable)
+        shapes = [tuple(p.shape) for p in trainable.values()]
         if str(model.backend) == "cupy" and self.nccl and self.size > 1:
             reducer = _NcclReducer.create(self, names, shapes)
             if reducer is not None:

@@ -61,7 +61,7 @@ from .backend import (
     use_backend,
 )
 from .callbacks import Callback, restore, snapshot
-from .layers import Dense, Identity, Module, ReLU, Sequential, Sigmoid, Tanh
+from .nn import Dense, Identity, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import (
     BinaryCrossEntropy,
     BinaryLogLoss,
@@ -71,7 +71,7 @@ from .losses import (
     Loss,
 )
 from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer
-from .regularization import BatchNorm, Dropout
+from .nn import BatchNorm, Dropout
 from .training import TrainingDivergedError
 from .training import fit as _train
 from .training import predict as _outputs

@@ -10,7 +10,7 @@ symbolic first dimension, so one exported file takes any number of rows. The
 parameters and buffers (e.g. BatchNorm's running statistics) become constants
 of the graph. The model runs in inference mode: dropout is the identity and
 batch normalization uses its running statistics, exactly as in
-:meth:`~portnn.layers.Module.predict`.
+:meth:`~portnn.Module.predict`.
 
 ndonnx (and onnxruntime, to run the file) are optional: ``pip install
 "portnn[onnx]"``. portnn imports without them.
@@ -25,15 +25,14 @@ import re
 from typing import Any
 
 from .backend import Backend, dtype_name, to_numpy
-from .layers import Module, Sequential
+from .nn import Module
+from .nn.module import map_arrays
 
 __all__ = ["ExportError", "export_onnx"]
 
 _INSTALL = 'pip install "portnn[onnx]"'
 _BATCH_DIM = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _DTYPES = ("float16", "float32", "float64")
-# portnn's own layers whose output has as many features as their input
-_SHAPE_PRESERVING_MODULES = ("portnn.layers", "portnn.regularization")
 
 
 class ExportError(ValueError):
@@ -59,7 +58,7 @@ def export_onnx(
     changed (a copy is traced), and it may live on any backend: its arrays are
     read through :func:`~portnn.to_numpy`.
 
-    The exported graph computes what :meth:`~portnn.layers.Module.predict`
+    The exported graph computes what :meth:`~portnn.Module.predict`
     computes, in inference mode (dropout off, batch normalization with its
     running statistics), for a 2-D batch of any number of rows. Run it with
     onnxruntime::
@@ -71,8 +70,8 @@ def export_onnx(
     The file is written to a temporary file in the same directory and renamed
     onto ``path``, so a failed export leaves any previous file intact.
 
-    :param model: a :class:`~portnn.layers.Module` (typically a
-        :class:`~portnn.layers.Sequential`).
+    :param model: a :class:`~portnn.Module` (typically a
+        :class:`~portnn.Sequential`).
     :param path: the file to write (``str`` or ``os.PathLike``), by convention
         ending in ``.onnx``. Its directory must exist.
     :param batch_dim: the name of the symbolic batch dimension (of the input
@@ -84,7 +83,7 @@ def export_onnx(
     :param dtype: the dtype of the graph's input, ``"float32"``, ``"float64"``
         or ``"float16"``. By default the dtype the model computes in: that of
         its parameters, float32 for a model without parameters. Another dtype
-        is cast to that one on the way in, as :meth:`~portnn.layers.Module.predict`
+        is cast to that one on the way in, as :meth:`~portnn.Module.predict`
         casts its input; the output keeps the model's dtype.
     :param input_name: the name of the graph's input.
     :param output_name: the name of the graph's output.
@@ -183,24 +182,11 @@ def _check_in_features(model: Module, in_features: Any) -> int:
 
 
 def _model_width(model: Module) -> int | None:
-    """The input width of the first layer that has one, if only shape-preserving layers
-    precede it (None otherwise)."""
-    for layer in _layers_in_order(model):
-        for attr in ("in_features", "features"):
-            value = getattr(layer, attr, None)
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-        if type(layer).__module__ not in _SHAPE_PRESERVING_MODULES:
-            return None  # a custom layer: its output width is unknown
-    return None
-
-
-def _layers_in_order(model: Module) -> Any:
-    if isinstance(model, Sequential):
-        for layer in model.layers:
-            yield from _layers_in_order(layer)
-    else:
-        yield model
+    """The input width the model states (:meth:`Module.input_shape`), for a 1-D sample shape."""
+    shape = model.input_shape()
+    if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+        return None
+    return int(shape[0])
 
 
 def _check_dtype(dtype: Any, model_dtype: str) -> str:
@@ -251,7 +237,7 @@ def _trace(
     if model_dtype != input_dtype:
         h = ndx.astype(h, getattr(ndx, model_dtype))  # as predict casts its input
     # the model's inference forward pass, as model(x) runs it in eval mode on a 2-D batch
-    y = traced._infer(h)
+    y = traced.infer(h)
     if not isinstance(y, ndx.Array):
         raise ExportError(
             f"{_label('', model)} returned {type(y).__name__}, not a traced array; "
@@ -291,17 +277,13 @@ def _traceable_copy(ndx: Any, model: Module) -> Module:
         clone = copy.deepcopy(model, memo)
     except Exception as e:  # noqa: BLE001 -- e.g. an attribute that cannot be copied
         raise ExportError(f"cannot copy {_label('', model)} to trace it: {e}") from e
-    backend = Backend("ndonnx", ndx)
+    map_arrays(clone, Backend("ndonnx", ndx), lambda prefix, module, item: _constant(ndx, item[1], _label(prefix, module), item[0]))
     for prefix, module in clone.named_modules():
         label = _label(prefix, module)
         module.training = False
-        module._backend = backend
-        module._grads = {}
-        module._backward = None
-        module._params = {k: _constant(ndx, v, label, k) for k, v in module._params.items()}
-        module._buffers = {k: _constant(ndx, v, label, k) for k, v in module._buffers.items()}
-        module._infer = _named(ndx, module._infer, label, pair=False)
-        module._forward = _named(ndx, module._forward, label, pair=True)
+        # on the copy only: a failure names the layer it happened in
+        module.infer = _named(ndx, module.infer, label, pair=False)
+        module.apply = _named(ndx, module.apply, label, pair=True)
     return clone
 
 

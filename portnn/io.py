@@ -14,7 +14,7 @@ A file written by :func:`save` holds
   silently different model.
 
 :func:`load` rebuilds the model from class names: portnn's own classes
-(:attr:`Module.registry <portnn.layers.Module.registry>` and the loss and
+(:attr:`Module.registry <portnn.Module.registry>` and the loss and
 optimizer classes of portnn), and classes of the user's own passed as
 ``custom_objects`` or registered with :func:`register`. Nothing in a file is
 evaluated or unpickled, and everything it says (class names, the sizes its
@@ -28,6 +28,7 @@ The array library is imported lazily; without it, :func:`save` and
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -41,7 +42,8 @@ from . import _registry as names
 from ._file_checks import FORMAT_VERSION, Bad as _Bad, check_node as _check_node
 from ._file_checks import atomic_write as _atomic_write, checksum as _checksum  # export.py writes with it
 from .backend import _make_backend, dtype_name, get_backend, to_numpy, use_backend
-from .layers import Dense, Module, Sequential
+from .nn import Module
+from .nn.module import provide_workflows
 from .optimizers import Optimizer
 
 __all__ = ["FORMAT_VERSION", "load", "register", "save"]
@@ -96,20 +98,25 @@ def _optimizer_node(optimizer: Optimizer | None) -> dict[str, Any] | None:
     return node
 
 
-def _architecture(module: Module) -> dict[str, Any]:
-    name = names.saved_name("layer", type(module))
-    config = _json_config(name, module.config())
-    if isinstance(module, Sequential):
-        node: dict[str, Any] = {"class": name, "layers": [_architecture(m) for m in module.layers]}
-        if config:
-            node["config"] = config
-        return node
-    if module.children():
-        raise ValueError(
-            f"cannot save {name}: it holds other modules but is not a Sequential, so it cannot "
-            "be rebuilt from its config alone"
-        )
-    return {"class": name, "config": config}
+def _architecture(module: Module, name: str | None = None) -> dict[str, Any]:
+    """The JSON node of ``module``: class name, config, its sub-modules under ``"layers"``
+    (each with its ``"name"`` where that is not its index) and ``"trainable": false`` if frozen."""
+    class_name = names.saved_name("layer", type(module))
+    node: dict[str, Any] = {"class": class_name}
+    if name is not None:
+        node["name"] = name
+    config = _json_config(class_name, module.config())
+    if config or not module.children():
+        node["config"] = config
+    if not module.trainable:
+        node["trainable"] = False
+    children = module.children()
+    if children:
+        node["layers"] = [
+            _architecture(child, None if child_name == str(i) else child_name)
+            for i, (child_name, child) in enumerate(children)
+        ]
+    return node
 
 
 C = TypeVar("C", bound=type)
@@ -164,9 +171,8 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     symlink at ``path`` stays and its target gets the new file; temporary files
     left by earlier saves to it whose process died are removed.
 
-    :param model: a :class:`~portnn.layers.Module` whose containers are
-        :class:`~portnn.layers.Sequential`. Classes of your own are saved by
-        name; :func:`load` then needs them as ``custom_objects`` or registered
+    :param model: a :class:`~portnn.Module`: any tree of portnn's modules
+        and modules of your own. Classes of your own are saved by name; :func:`load` then needs them as ``custom_objects`` or registered
         with :func:`register`.
     :param path: file name (``str`` or ``os.PathLike``), by convention ending
         in ``.safetensors``: a new file, a regular file or a symlink to one.
@@ -329,23 +335,54 @@ def _build(
     where: str = "architecture",
     prefix: str = "",
 ) -> Module:
-    """The layers of an architecture :func:`~portnn._file_checks.check_architecture` accepted."""
+    """The modules of an architecture :func:`~portnn._file_checks.check_architecture` accepted.
+
+    A container whose children are its arguments (:meth:`Module.from_config`)
+    gets them built from the file; any other module builds its own from its config,
+    and they must be the ones the file names.
+    """
     name, config = _check_node(where, node)
     cls = names.resolve("layer", name, custom, where)
-    if issubclass(cls, Sequential):
-        children = [
-            _build(child, custom, tensors, f"{where}.layers[{i}]", f"{prefix}{i}.")
-            for i, child in enumerate(node["layers"])
-        ]
-        return _construct("layer", cls, config, *children)
-    if cls is Dense:
-        # zeros of the stored tensors' (checked) shapes: no random initialization to
-        # overwrite, and no finiteness check on values that load_parameters sets next
-        keys = ("weight", "bias") if bool(config.get("use_bias", True)) else ("weight",)
-        stored = {key: tensors.get(f"{_PARAM}{prefix}{key}") for key in keys}
-        arrays = {k: np.zeros(v.shape, v.dtype) for k, v in stored.items() if v is not None}
-        return _construct("layer", cls, {k: v for k, v in config.items() if k not in arrays}, arrays=arrays)
-    return _construct("layer", cls, config)
+    nodes = checks.child_nodes(name, node, where)
+    if checks.takes_children(cls):
+        children = {
+            child_name: _build(child, custom, tensors, f"{where}.layers[{i}]", f"{prefix}{child_name}.")
+            for i, (child_name, child) in enumerate(nodes)
+        }
+        try:
+            module = cls.from_config(config, children)
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"cannot rebuild layer {cls.__name__} from config {config!r}: {e}") from None
+    else:
+        module = _construct("layer", cls, config, arrays=_stored_arguments(cls, config, tensors, prefix))
+        made = [(n, type(m).__name__) for n, m in module.children()]
+        named = [(n, child.get("class")) for n, child in nodes]
+        if made != named:
+            raise _Bad(f"{name} at {where} builds the sub-modules {made}, but the file names {named}")
+    if not isinstance(module, cls):
+        raise _Bad(f"{cls.__name__}.from_config at {where} returned a {type(module).__name__}")
+    if node.get("trainable", True) is False:
+        module.trainable = False
+    return module
+
+
+def _stored_arguments(cls: type, config: dict[str, Any], tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, Any]:
+    """Zeros of the stored tensors' (checked) shapes for the constructor arguments of portnn's
+    own layers that take their parameters (``Dense(weight=..., bias=...)``): no random
+    initialization to overwrite, and no finiteness check on values ``load_parameters`` sets next."""
+    if not names.is_portnn(cls):
+        return {}
+    try:
+        arguments = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    shapes = cls.state_shapes(config) if hasattr(cls, "state_shapes") else None
+    found = {}
+    for key in shapes or {}:
+        stored = tensors.get(f"{_PARAM}{prefix}{key}")
+        if key in arguments and key not in config and stored is not None:
+            found[key] = np.zeros(stored.shape, stored.dtype)
+    return found
 
 
 def _split(tensors: Mapping[str, np.ndarray]) -> tuple[dict, dict, dict[str, dict[str, np.ndarray]]]:
@@ -368,33 +405,26 @@ def _split(tensors: Mapping[str, np.ndarray]) -> tuple[dict, dict, dict[str, dic
 
 def _load_arrays(model: Module, params: dict[str, Any], buffers: dict[str, Any]) -> None:
     """Parameters and buffers: the same names and shapes as the architecture; the saved dtype wins."""
-    param_owners = {full: (owner._params, key) for full, owner, key in model._slots()}
-    buffer_owners = {
-        prefix + key: (module._buffers, key)
-        for prefix, module in model.named_modules()
-        for key in module._buffers
-    }
-    for kind, saved, owners in (("parameter", params, param_owners), ("buffer", buffers, buffer_owners)):
-        missing = [k for k in owners if k not in saved]
-        unknown = [k for k in saved if k not in owners]
+    for kind, saved, built_arrays in (("parameter", params, model.parameters()), ("buffer", buffers, model.buffers())):
+        missing = [k for k in built_arrays if k not in saved]
+        unknown = [k for k in saved if k not in built_arrays]
         if missing or unknown:
             parts = [f"missing {missing}" if missing else "", f"not in the model {unknown}" if unknown else ""]
             raise _Bad(f"the {kind}s do not match the architecture: " + "; ".join(p for p in parts if p))
-        for full, (store, key) in owners.items():
-            built, value = store[key], saved[full]
+        for full, built in built_arrays.items():
+            value = saved[full]
             if tuple(built.shape) != tuple(value.shape):
                 raise _Bad(
                     f"{kind} {full!r} has shape {tuple(value.shape)} in the file, but the "
                     f"architecture gives it shape {tuple(built.shape)}"
                 )
-            if dtype_name(built.dtype) != value.dtype.name:
-                try:
-                    store[key] = model.xp.astype(built, model.backend.dtype(value.dtype.name))
-                except TypeError as e:
-                    raise _Bad(f"{kind} {full!r}: {e}") from None
+            try:
+                model.backend.dtype(value.dtype.name)
+            except (TypeError, ValueError) as e:
+                raise _Bad(f"{kind} {full!r}: {e}") from None
     try:
-        model.load_parameters(params, check_finite=False)  # a diverged model still loads
-        model.load_buffers(buffers)
+        model.load_parameters(params, check_finite=False, keep_dtype=True)  # a diverged model still loads
+        model.load_buffers(buffers, keep_dtype=True)
     except (KeyError, TypeError, ValueError) as e:
         raise _Bad(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)) from None
 
@@ -465,3 +495,6 @@ def _resume_point(point: Any) -> dict[str, Any] | None:
     ):
         raise _Bad(f"resume_point sums must be [finite loss sum, samples seen, batches skipped], got {sums!r}")
     return dict(point)
+
+
+provide_workflows(save=save)

@@ -18,16 +18,11 @@ from collections.abc import Callable
 from typing import Any
 
 from ._guard import arrays_of
-from .layers import Module
 from .losses import Loss
-from .optimizers import Optimizer
-from .regularization import Dropout
+from .nn import Dropout, Module
+from .optimizers import Optimizer, update_trainable
 
 __all__ = ["CompiledStep"]
-
-
-def _buffer_slots(model: Module) -> list[tuple[str, Module, str]]:
-    return [(f"{prefix}{key}", m, key) for prefix, m in model.named_modules() for key in m._buffers]
 
 
 class CompiledStep:
@@ -56,8 +51,6 @@ class CompiledStep:
 
         self.model, self.loss, self.optimizer, self.check = model, loss, optimizer, check
         self._value_and_grad = value_and_grad
-        self._slots = model._slots()
-        self._buffer_slots = _buffer_slots(model)
         self._dropouts = [m for m in model.modules() if isinstance(m, Dropout) and m.p > 0.0]
         self._noise_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._jax = jax
@@ -72,11 +65,13 @@ class CompiledStep:
             if noise is not None:  # None: the caller has put its own draws in place
                 draws = iter(noise)
                 for layer in self._dropouts:
-                    layer._uniform = lambda shape: next(draws)
+                    layer.uniform = lambda shape: next(draws)
             opt.lr = lr
             value, grads, pred = self._value_and_grad(model, self.loss, xb, yb)
             new_buffers = dict(model.buffers())
-            new_params, new_state = opt.update(dict(params), grads, opt_state, xp)
+            trainable = list(model.parameters(trainable_only=True))
+            new_params, new_state = update_trainable(opt, dict(params), trainable, grads, opt_state, xp)
+            new_params = {**params, **new_params}  # frozen ones as they were
             finite = None
             if self.check:
                 # the update itself may overflow: its results are probed with the gradients
@@ -94,14 +89,13 @@ class CompiledStep:
             self._set(saved_params, saved_buffers)
             if noise is not None:
                 for layer in self._dropouts:
-                    del layer._uniform  # back to the class's host draw
+                    del layer.uniform  # back to the class's host draw
             opt.lr = saved_lr
         return new_params, new_buffers, new_state, value, pred, finite
 
     def _set(self, params: dict[str, Any], buffers: dict[str, Any]) -> None:
-        self.model._assign(params, self._slots)
-        for full, module, key in self._buffer_slots:
-            module._buffers[key] = buffers[full]
+        self.model.assign_parameters(params)
+        self.model.assign_buffers(buffers)
 
     # ------------------------------------------------------------ per step, on the host
     def _noise(self, xb: Any, yb: Any, args: tuple) -> list[Any]:
@@ -118,16 +112,16 @@ class CompiledStep:
                 return self._jax.numpy.zeros(s, dtype=xb.dtype)
 
             for layer in self._dropouts:
-                layer._uniform = record
+                layer.uniform = record
             try:
                 self._jax.eval_shape(lambda *a: self._pure_step(*a[:4], None, *a[4:]), *args, xb, yb)
             finally:
                 for layer in self._dropouts:
-                    layer.__dict__.pop("_uniform", None)
+                    layer.__dict__.pop("uniform", None)
             self._noise_shapes[shape] = shapes
         backend = self.model.backend
         return [
-            backend.asarray(layer._rng.random(s), xb.dtype)
+            backend.asarray(layer.generator.random(s), xb.dtype)
             for layer, s in zip(self._dropouts, self._noise_shapes[shape])
         ]
 

@@ -11,7 +11,7 @@ than an in-place rule would. The rules and defaults follow PyTorch's ``torch.opt
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np  # host side only: checking arguments
@@ -387,3 +387,19 @@ def get_optimizer(optimizer: str | Optimizer) -> Optimizer:
     if isinstance(optimizer, Optimizer):
         return optimizer
     return lookup("optimizer", optimizer, OPTIMIZERS)()
+
+
+def update_trainable(
+    opt: Optimizer, params: dict[str, Any], trainable: Sequence[str], grads: dict[str, Any], state: dict[str, Any], xp: Any
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The optimizer's update of the trainable parameters (``trainable``, names); frozen ones,
+    and their optimizer slots, are left out and kept as they are.
+
+    Returns the new trainable parameters and the whole new state.
+    """
+    if len(trainable) == len(params):
+        return opt.update(params, grads, state, xp)
+    slots = state["slots"]
+    part = {"step": state["step"], "slots": {k: slots[k] for k in trainable}}
+    new_params, new_part = opt.update({k: params[k] for k in trainable}, grads, part, xp)
+    return new_params, {**new_part, "slots": {**slots, **new_part["slots"]}}

@@ -122,7 +122,7 @@ def plot_history(history: Any, path: Any = None, ax: Any = None) -> Any:
 
 
 def _predicted_classes(model: Any, X: np.ndarray) -> np.ndarray:
-    from .layers import Module
+    from .nn import Module
 
     if isinstance(model, Module):
         from .training import predict_classes

@@ -18,12 +18,14 @@ import numpy as np  # host side only: shuffling orders, seeds and gradient_check
 from ._checks import as_input, count, host_array, positive_number
 from .backend import dtype_name, host_rng, to_numpy
 from .callbacks import Callback
-from .data import Batcher, feature_matrix, is_dask, map_rows, take_rows
+from ._tree import flatten
+from .data import Batcher, feature_matrix, is_dask, map_rows, n_samples, sample_shape, samples, take_rows
 from .distributed import data_parallel as _data_parallel
-from .layers import Module, Sigmoid, Softmax
+from .nn import Module, Sigmoid, Softmax
+from .nn.module import call_backward, check_same_samples, provide_workflows
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
-from .optimizers import SGD, Optimizer, get_optimizer
+from .optimizers import SGD, Optimizer, get_optimizer, update_trainable
 from ._guard import all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
@@ -94,18 +96,23 @@ def _model_dtype(model: Module) -> Any:
 
 def _n_outputs(model: Module, x_row: Any) -> int:
     """Width of the model's output, from one sample through the inference path."""
-    y, _ = model._forward(x_row, False)
+    y = model.infer(x_row)
+    if isinstance(y, tuple):
+        raise ValueError(
+            f"the model gives {len(y)} outputs (a tuple); a loss takes one: end it with a "
+            "Concatenate or Add, or a layer that merges them"
+        )
     return int(y.shape[-1])
 
 
-def _last_layer(model: Module) -> Module:
-    children = model.children()
-    return _last_layer(children[-1][1]) if children else model
+def _ends_in_probabilities(model: Module) -> bool:
+    """Whether the model's output is that of a Softmax or a Sigmoid."""
+    return isinstance(model.output_layer(), Sigmoid | Softmax)
 
 
 def _outputs_are_logits(model: Module, loss: Loss | None) -> bool:
     """Whether outputs are raw scores (threshold 0) rather than probabilities (0.5)."""
-    if isinstance(_last_layer(model), Sigmoid | Softmax):
+    if _ends_in_probabilities(model):
         return False
     return bool(getattr(loss, "from_logits", False))
 
@@ -116,10 +123,11 @@ class _Targets:
     def __init__(self, model: Module, loss: Loss, X: Any, y: Any, name: str = "y") -> None:
         backend = model.backend
         dtype = _model_dtype(model)
-        first = backend.asarray(take_rows(X, 0, 1), dtype)
+        first = take_rows(X, 0, 1)
+        first = tuple(backend.asarray(f, dtype) for f in first) if isinstance(first, tuple) else backend.asarray(first, dtype)
         self.n_outputs = _n_outputs(model, first)
         try:
-            self.values = loss.prepare_target(y, self.n_outputs, n_samples=int(X.shape[0]))
+            self.values = loss.prepare_target(y, self.n_outputs, n_samples=n_samples(X))
         except (TypeError, ValueError) as e:
             raise type(e)(str(e).replace("y ", f"{name} ", 1) if name != "y" else str(e)) from None
         self.dtype = loss.target_dtype(backend, dtype, self.values)
@@ -132,7 +140,7 @@ def _penalized(model: Module) -> list[tuple[str, Module]]:
 def _add_penalties(model: Module, penalized: list[tuple[str, Module]], value: Any, grads: dict[str, Any]) -> Any:
     """Add L1/L2 penalties of layers that have them to the loss value and gradients."""
     for prefix, module in penalized:
-        penalty, penalty_grads = module._penalty()
+        penalty, penalty_grads = module.penalty()
         value = value + penalty
         for key, g in penalty_grads.items():
             grads[prefix + key] = grads[prefix + key] + g
@@ -143,9 +151,9 @@ def _value_and_grad(
     model: Module, loss: Loss, xb: Any, yb: Any, penalized: list[tuple[str, Module]]
 ) -> tuple[Any, dict[str, Any], Any]:
     """(loss value, gradients by full parameter name, predictions) for one batch."""
-    pred, backward = model._forward(xb, True)
+    pred, backward = model.apply(xb, True)
     value, dpred = loss.value_and_grad(pred, yb, model.xp)
-    _, grads = backward(dpred, False)
+    grads = flatten(call_backward(backward, dpred, False)[1])
     if penalized:
         value = _add_penalties(model, penalized, value, grads)
     return value, grads, pred
@@ -166,16 +174,29 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     loss = get_loss(loss)
     backend = model.backend
     dtype = _model_dtype(model)
-    xb = as_input(backend, "x", x, dtype, finite=True)
+    xb, single = _batch_input(backend, "x", x, dtype)
     y_host = host_array("y", y)
-    if xb.ndim == 1:
-        xb = xb[None, :]
+    if single:
         y_host = y_host[None, ...]
     targets = _Targets(model, loss, xb, y_host)
     target = backend.asarray(targets.values, targets.dtype)
     value, grads, _ = _value_and_grad(model, loss, xb, target, _penalized(model))
-    model._store_gradients(grads)
+    model.store_gradients(grads)
     return value, {name: grads[name] for name in model.parameters() if name in grads}
+
+
+def _batch_input(backend: Any, name: str, x: Any, dtype: Any, finite: bool = True) -> tuple[Any, bool]:
+    """``x`` (an array or a tuple of arrays) on ``backend`` as a batch; whether it was one sample."""
+    if isinstance(x, tuple):
+        if not x:
+            raise ValueError(f"{name} is an empty tuple; a model with several inputs takes one array per input")
+        items = tuple(as_input(backend, f"{name}[{i}]", xi, dtype, ndims=None, finite=finite) for i, xi in enumerate(x))
+        if all(xi.ndim == 1 for xi in items):
+            return tuple(xi[None, ...] for xi in items), True
+        check_same_samples(name, items)
+        return items, False
+    xb = as_input(backend, name, x, dtype, ndims=None, finite=finite)
+    return (xb[None, ...], True) if xb.ndim == 1 else (xb, False)
 
 
 # ---------------------------------------------------------------- fit
@@ -300,6 +321,8 @@ def fit(
         raise ValueError(f"on_nonfinite must be 'raise', 'skip_batch' or None, got {on_nonfinite!r}")
     if not model.parameters():
         raise ValueError("model has no parameters to train")
+    if not model.parameters(trainable_only=True):
+        raise ValueError("every parameter of the model is frozen (trainable=False); unfreeze a layer to train it")
     if not isinstance(jit, bool):
         raise TypeError(f"jit must be True or False, got {jit!r}")
     if jit and model.backend != "jax":
@@ -312,9 +335,9 @@ def fit(
     backend = model.backend
     xp = backend.xp
     dtype = _model_dtype(model)
-    X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
+    X = samples(backend, "X", X, dtype, finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
-    n = int(X.shape[0])
+    n = n_samples(X)
     validation = None
     if split:
         n_val = int(n * split)
@@ -327,9 +350,13 @@ def fit(
     elif validation_data is not None:
         if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
             raise TypeError("validation_data must be a pair (X_val, y_val)")
-        Xv = feature_matrix(backend, "validation X", validation_data[0], dtype, finite=check_finite)
-        if Xv.shape[1] != X.shape[1]:
-            raise ValueError(f"validation X has {Xv.shape[1]} features, X has {X.shape[1]}")
+        Xv = samples(backend, "validation X", validation_data[0], dtype, finite=check_finite)
+        if sample_shape(Xv) != sample_shape(X):
+            raise ValueError(
+                f"validation X has samples of shape {sample_shape(Xv)}, X of shape {sample_shape(X)}"
+                if not isinstance(X, tuple) or not isinstance(Xv, tuple) or len(X) == len(Xv)
+                else f"validation X has {len(Xv)} inputs, X has {len(X)}"
+            )
         validation = (Xv, _Targets(model, loss_obj, Xv, validation_data[1], "validation y").values)
     batch_size = n if batch_size is None else min(batch_size, n)
     if n % batch_size == 1 and any(getattr(m, "needs_batch_statistics", False) for m in model.modules()):
@@ -349,7 +376,7 @@ def fit(
             )
     progress = Progress(verbose if dist is None else dist.verbose(verbose), epochs, n)
     if dist is not None:
-        dist.agree(model, n_samples=n, n_features=int(X.shape[1]), batch_size=batch_size, epochs=epochs,
+        dist.agree(model, n_samples=n, n_features=str(sample_shape(X)), batch_size=batch_size, epochs=epochs,
                    initial_epoch=initial_epoch, shuffle=shuffle, seed=seed, validation=validation is not None)
 
     # everything is valid: from here on the model may change; if fit fails before its
@@ -481,7 +508,6 @@ class _EagerStep:
         self.model, self.loss, self.opt, self.penalized = model, loss, opt, penalized
         self.check, self.dist, self.interrupt = check, dist, interrupt
         self.xp = model.xp
-        self.slots = model._slots()
         self.has_buffers = bool(model.buffers())
 
     def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
@@ -492,14 +518,14 @@ class _EagerStep:
             value, grads, pred = compute()
         else:  # this rank's share, then averaged over all ranks
             value, grads, pred = self.dist.value_and_grad(compute, model, xb, self.interrupt)
-        new_params, new_state = self.opt.update(model.parameters(), grads, model.optimizer_state, xp)
+        new_params, new_state = update_trainable(self.opt, model.parameters(), list(model.parameters(trainable_only=True)), grads, model.optimizer_state, xp)
         finite = all_finite(value, [*new_params.values(), *arrays_of(new_state)], xp) if self.check else None
         if finite is False:
             if buffers:
                 model.load_buffers(buffers, check_finite=False)  # undo this batch's running statistics
             return value, pred, finite
         with model._weights_lock.writing():
-            model._assign(new_params, self.slots)
+            model.assign_parameters(new_params)
             model.optimizer_state = new_state
         return value, pred, finite
 
@@ -547,14 +573,14 @@ def _evaluate(
 ) -> dict[str, Any]:
     """Mean loss (penalties excluded) and metrics over ``(X, y)`` in the current mode."""
     xp = model.xp
-    n = int(X.shape[0])
+    n = n_samples(X)
     total: Any = 0.0
     fresh = [copy.copy(m) for m in metric_objs]  # the training metrics keep their sums
     for m in fresh:
         m.reset()
     with Batcher(model.backend, _model_dtype(model), X, y, y_dtype) as batcher:
         for xb, yb, nb in batcher.batches(None, batch_size):
-            pred, _ = model._forward(xb, False)
+            pred = model.infer(xb)
             value, _ = loss.value_and_grad(pred, yb, xp)
             total = total + value * nb
             if fresh:
@@ -587,7 +613,7 @@ def evaluate(
         raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
     metric_objs = _metrics(metrics)
     batch_size = count("batch_size", batch_size, allow_none=True)
-    X = feature_matrix(model.backend, "X", X, _model_dtype(model), finite=check_finite)
+    X = samples(model.backend, "X", X, _model_dtype(model), finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
     with model._weights_lock.reading():  # a step in another thread never lands half-way
         results = _evaluate(
@@ -597,7 +623,7 @@ def evaluate(
             targets.values,
             targets.dtype,
             metric_objs,
-            int(X.shape[0]) if batch_size is None else batch_size,
+            n_samples(X) if batch_size is None else batch_size,
             _outputs_are_logits(model, loss_obj),
         )
     return results if metrics is not None else results["loss"]
@@ -613,18 +639,35 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
     batch_size = count("batch_size", batch_size, allow_none=True)
     backend = model.backend
     dtype = _model_dtype(model)
-    if _ndim(X) == 2 and is_dask(X) and backend != "dask":
+    if is_dask(X) and _ndim(X) == 2 and backend != "dask":
         return _over_dask(model, X, lambda m, b: predict(m, b, batch_size, check_finite))
-    if _ndim(X) == 1:
-        x = as_input(backend, "X", X, dtype, finite=check_finite)
+    if _single(X):
+        x, _ = _batch_input(backend, "X", X, dtype, finite=check_finite)
         with model._weights_lock.reading():
-            return model._forward(x[None, :], False)[0][0, ...]
-    X = feature_matrix(backend, "X", X, dtype, finite=check_finite)
-    n = int(X.shape[0])
+            return _first(model.infer(x))
+    X = samples(backend, "X", X, dtype, finite=check_finite)
+    n = n_samples(X)
     # the lock: a training step in another thread never lands half-way through these outputs
     with Batcher(backend, dtype, X) as batcher, model._weights_lock.reading():
-        outputs = [model._forward(xb, False)[0] for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
-    return outputs[0] if len(outputs) == 1 else backend.xp.concat(outputs, axis=0)
+        outputs = [model.infer(xb) for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
+    return outputs[0] if len(outputs) == 1 else _concat(backend.xp, outputs)
+
+
+def _single(X: Any) -> bool:
+    """Whether ``X`` is one sample: a 1-D array (or a tuple of them)."""
+    if isinstance(X, tuple):
+        return bool(X) and all(_ndim(xi) == 1 for xi in X)
+    return _ndim(X) == 1
+
+
+def _first(y: Any) -> Any:
+    return tuple(_first(v) for v in y) if isinstance(y, tuple) else y[0, ...]
+
+
+def _concat(xp: Any, outputs: list[Any]) -> Any:
+    if isinstance(outputs[0], tuple):
+        return tuple(_concat(xp, [o[i] for o in outputs]) for i in range(len(outputs[0])))
+    return xp.concat(outputs, axis=0)
 
 
 def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
@@ -632,10 +675,10 @@ def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
     (several outputs) or sigmoid (one output) of its scores."""
     from . import functional as F
 
-    if _ndim(X) == 2 and is_dask(X) and model.backend != "dask":
+    if is_dask(X) and _ndim(X) == 2 and model.backend != "dask":
         return _over_dask(model, X, lambda m, b: predict_proba(m, b, batch_size))
     out = predict(model, X, batch_size=batch_size)
-    if isinstance(_last_layer(model), Sigmoid | Softmax):
+    if _ends_in_probabilities(model):
         return out
     xp = model.xp
     if out.shape[-1] == 1:
@@ -647,7 +690,7 @@ def predict_classes(model: Module, X: Any, batch_size: int | None = None) -> Any
     """Predicted class labels (integers of the model's backend)."""
     from .metrics import predicted_labels
 
-    if _ndim(X) == 2 and is_dask(X) and model.backend != "dask":
+    if is_dask(X) and _ndim(X) == 2 and model.backend != "dask":
         return _over_dask(model, X, lambda m, b: predict_classes(m, b, batch_size))
     out = predict(model, X, batch_size=batch_size)
     single = out.ndim == 1
@@ -704,16 +747,18 @@ def gradient_check(
         probe.to("numpy", dtype="float64")
     backend = probe.backend
     xp = backend.xp
-    xb = as_input(backend, "x", x, xp.float64, finite=True)
+    xb, single = _batch_input(backend, "x", x, xp.float64)
     y_host = host_array("y", y)
-    if xb.ndim == 1:
-        xb, y_host = xb[None, :], y_host[None, ...]
-    target = loss.prepare_target(y_host, _n_outputs(probe, xb[:1, ...]), n_samples=xb.shape[0])
+    if single:
+        y_host = y_host[None, ...]
+    target = loss.prepare_target(y_host, _n_outputs(probe, take_rows(xb, 0, 1)), n_samples=n_samples(xb))
     target = backend.asarray(target, loss.target_dtype(backend, xp.float64, target))
 
     # modules that draw random numbers (Dropout) draw them from a host generator
-    # ``_rng``; every evaluation starts from the same generator state, so all see one mask
-    generators = [m._rng for m in probe.modules() if isinstance(getattr(m, "_rng", None), np.random.Generator)]
+    # ``generator``; every evaluation starts from the same generator state, so all see one mask
+    generators = [
+        m.generator for m in probe.modules() if isinstance(getattr(m, "generator", None), np.random.Generator)
+    ]
     states = [g.bit_generator.state for g in generators]
 
     def rewind() -> None:
@@ -722,10 +767,10 @@ def gradient_check(
 
     def loss_at() -> float:
         rewind()
-        pred, _ = probe._forward(xb, True)
+        pred, _ = probe.apply(xb, True)
         value, _ = loss.value_and_grad(pred, target, xp)
         for _, module in penalized:
-            value = value + module._penalty()[0]
+            value = value + module.penalty()[0]
         return float(value)
 
     rewind()
@@ -733,8 +778,9 @@ def gradient_check(
     _, grads, _ = _value_and_grad(probe, loss, xb, target, penalized)
     rng = np.random.default_rng(seed)
     worst = 0.0
-    for full, owner, key in probe._slots():
-        original = owner._params[key]
+    for full, original in probe.parameters().items():
+        if full not in grads:
+            continue  # a frozen parameter: no gradient to check
         values = to_numpy(original).astype(np.float64).copy()
         analytic = to_numpy(grads[full]).reshape(-1)
         flat = values.reshape(-1)
@@ -744,15 +790,20 @@ def gradient_check(
         for i in picks:
             keep = flat[i]
             flat[i] = keep + eps
-            owner._params[key] = backend.asarray(values)
+            probe.assign_parameters({full: backend.asarray(values)})
             plus = loss_at()
             flat[i] = keep - eps
-            owner._params[key] = backend.asarray(values)
+            probe.assign_parameters({full: backend.asarray(values)})
             minus = loss_at()
             flat[i] = keep
             numeric = (plus - minus) / (2 * eps)
             a = float(analytic[i])
             error = abs(a - numeric) / max(abs(a), abs(numeric), 1e-5)
             worst = max(worst, error if math.isfinite(error) else math.inf)
-        owner._params[key] = original
+        probe.assign_parameters({full: original})
     return worst
+
+
+provide_workflows(
+    fit=fit, predict=predict, evaluate=evaluate, predict_proba=predict_proba, predict_classes=predict_classes
+)

@@ -1,6 +1,6 @@
-"""Regularization and normalization layers: Dropout, BatchNorm and LayerNorm.
+"""Normalization and dropout layers: BatchNorm, LayerNorm and Dropout.
 
-They follow the :class:`~portnn.layers.Module` protocol: ``_forward(x, training)``
+They follow the :class:`~portnn.nn.Module` protocol: ``apply(x, training)``
 returns ``(y, backward)``, and the math uses only ``self.xp``. Their behaviour
 depends on the mode: ``fit`` runs them in training mode, ``predict`` and
 ``evaluate`` in inference mode.
@@ -18,9 +18,9 @@ from typing import Any
 
 import numpy as np  # host side only: Dropout draws its masks from a seeded host generator
 
-from ._checks import check_features, count, positive_number
-from .backend import Backend, dtype_name
-from .layers import Backward, Module
+from .._checks import check_features, count, positive_number
+from ..backend import Backend, dtype_name
+from .module import Backward, Module
 
 __all__ = ["BatchNorm", "Dropout", "LayerNorm"]
 
@@ -57,6 +57,20 @@ def _filled(backend: Backend, value: float, features: int, dtype: Any) -> Any:
 class _Affine(Module):
     """A normalization layer's learned scale ``weight`` and shift ``bias``."""
 
+    preserves_shape = True
+
+    @classmethod
+    def state_shapes(cls, config: dict[str, Any]) -> dict[str, tuple[int, ...]] | None:
+        """The shapes ``config`` gives the parameters and buffers (checked against a file first)."""
+        features = config.get("features")
+        if isinstance(features, bool) or not isinstance(features, int):
+            return None
+        names = ("weight", "bias", "running_mean", "running_var") if cls is BatchNorm else ("weight", "bias")
+        return dict.fromkeys(names, (features,))
+
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.features,)
+
     @property
     def weight(self) -> Any:
         return self._params["weight"]
@@ -82,18 +96,21 @@ class Dropout(Module):
     :param seed: seed of the host generator (None: fresh entropy).
     """
 
+    preserves_shape = True
+
     def __init__(self, p: float = 0.5, seed: int | None = None) -> None:
         super().__init__()
         self.p = _probability("p", p, upper_inclusive=False)
         self.seed = _seed(seed)
-        self._rng = np.random.default_rng(self.seed)
+        #: the host generator every mask is drawn from
+        self.generator = np.random.default_rng(self.seed)
 
     def config(self) -> dict[str, Any]:
         return {"p": self.p, "seed": self.seed}
 
     def extra_state(self) -> dict[str, Any]:
         """The host generator's ``bit_generator.state`` (JSON-friendly)."""
-        return self._rng.bit_generator.state
+        return self.generator.bit_generator.state
 
     def load_extra_state(self, state: Mapping[str, Any]) -> None:
         """Restore the host generator from what :meth:`extra_state` returned.
@@ -104,22 +121,22 @@ class Dropout(Module):
         """
         if not state:
             return
-        _check_generator_state(state, self._rng.bit_generator)
-        previous = self._rng.bit_generator.state
+        _check_generator_state(state, self.generator.bit_generator)
+        previous = self.generator.bit_generator.state
         try:
-            self._rng.bit_generator.state = dict(state)
+            self.generator.bit_generator.state = dict(state)
         except (TypeError, ValueError, OverflowError) as e:
-            self._rng.bit_generator.state = previous
+            self.generator.bit_generator.state = previous
             raise ValueError(f"Dropout generator state is not valid: {e}") from None
 
-    def _uniform(self, shape: tuple[int, ...]) -> Any:
+    def uniform(self, shape: tuple[int, ...]) -> Any:
         """Uniform [0, 1) draws for one mask (a compiled step passes its own, drawn the same way)."""
-        return self._rng.random(shape)
+        return self.generator.random(shape)
 
-    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+    def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         if not training or self.p == 0.0:
             return x, lambda dy, need_dx=True: (dy, {})
-        keep = self._uniform(tuple(x.shape)) >= self.p
+        keep = self.uniform(tuple(x.shape)) >= self.p
         mask = self._backend.asarray(keep, x.dtype) * (1.0 / (1.0 - self.p))
         y = x * mask
 
@@ -193,10 +210,10 @@ class BatchNorm(_Affine):
         self.momentum = _probability("momentum", momentum, upper_inclusive=True)
         self.eps = positive_number("eps", eps)
         backend = self._backend
-        self._params["weight"] = _filled(backend, 1.0, self.features, dtype)
-        self._params["bias"] = _filled(backend, 0.0, self.features, dtype)
-        self._buffers["running_mean"] = _filled(backend, 0.0, self.features, dtype)
-        self._buffers["running_var"] = _filled(backend, 1.0, self.features, dtype)
+        self.add_parameter("weight", _filled(backend, 1.0, self.features, dtype))
+        self.add_parameter("bias", _filled(backend, 0.0, self.features, dtype))
+        self.add_buffer("running_mean", _filled(backend, 0.0, self.features, dtype))
+        self.add_buffer("running_var", _filled(backend, 1.0, self.features, dtype))
 
     def config(self) -> dict[str, Any]:
         return {
@@ -206,7 +223,7 @@ class BatchNorm(_Affine):
             "dtype": dtype_name(self._params["weight"].dtype),
         }
 
-    def _check_buffer(self, key: str, value: Any, label: str) -> None:
+    def check_buffer(self, key: str, value: Any, label: str) -> None:
         """A variance is never negative: a negative ``running_var`` would give NaN outputs."""
         if key == "running_var":
             xp = self.xp
@@ -221,7 +238,7 @@ class BatchNorm(_Affine):
     def running_var(self) -> Any:
         return self._buffers["running_var"]
 
-    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+    def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         if x.ndim != 2:
             raise ValueError(
@@ -248,9 +265,10 @@ class BatchNorm(_Affine):
         inv = 1.0 / xp.sqrt(var + self.eps)
         x_hat = xc * inv
         y = x_hat * w + b
+        frozen = not self._trainable
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
-            grads = {"weight": xp.sum(dy * x_hat, axis=0), "bias": xp.sum(dy, axis=0)}
+            grads = {} if frozen else {"weight": xp.sum(dy * x_hat, axis=0), "bias": xp.sum(dy, axis=0)}
             if not need_dx:
                 return None, grads
             dx_hat = dy * w
@@ -300,8 +318,8 @@ class LayerNorm(_Affine):
         super().__init__()
         self.features = count("features", features)
         self.eps = positive_number("eps", eps)
-        self._params["weight"] = _filled(self._backend, 1.0, self.features, dtype)
-        self._params["bias"] = _filled(self._backend, 0.0, self.features, dtype)
+        self.add_parameter("weight", _filled(self._backend, 1.0, self.features, dtype))
+        self.add_parameter("bias", _filled(self._backend, 0.0, self.features, dtype))
 
     def config(self) -> dict[str, Any]:
         return {
@@ -310,7 +328,7 @@ class LayerNorm(_Affine):
             "dtype": dtype_name(self._params["weight"].dtype),
         }
 
-    def _forward(self, x: Any, training: bool) -> tuple[Any, Backward]:
+    def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         check_features(self.name, self.features, x)
         w = self._params["weight"]
@@ -321,11 +339,12 @@ class LayerNorm(_Affine):
         inv = 1.0 / xp.sqrt(var + self.eps)
         x_hat = xc * inv
         y = x_hat * w + b
+        frozen = not self._trainable
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             f = self.features
             flat_dy = xp.reshape(dy, (-1, f))
-            grads = {
+            grads = {} if frozen else {
                 "weight": xp.sum(flat_dy * xp.reshape(x_hat, (-1, f)), axis=0),
                 "bias": xp.sum(flat_dy, axis=0),
             }

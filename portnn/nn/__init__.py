@@ -1,0 +1,18 @@
+"""Models as trees of modules: the protocol, the layers and the combinators.
+
+:class:`Module` is the protocol every layer follows (``add_parameter``,
+sub-modules as attributes, ``apply(x, training) -> (y, backward)``);
+the layers compute with ``self.xp`` only; the combinators compose them.
+"""
+
+from .module import Module
+from .layers import ELU, GELU, Dense, Flatten, Identity, LeakyReLU, ReLU, Reshape, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
+from .normalization import BatchNorm, Dropout, LayerNorm
+from .combinators import Add, Concatenate, Parallel, Residual, Sequential
+from .summary import Summary
+
+__all__ = [
+    "Add", "BatchNorm", "Concatenate", "Dense", "Dropout", "ELU", "Flatten", "GELU", "Identity",
+    "LayerNorm", "LeakyReLU", "Module", "Parallel", "ReLU", "Reshape", "Residual", "Sequential",
+    "SiLU", "Sigmoid", "Softmax", "Softplus", "Step", "Summary", "Tanh",
+]
