@@ -95,10 +95,10 @@ def scenario_ok():
 
     # sharding: the first layer records the rows (column 0 holds the row index) it trains on
     class Record(pn.Identity):
-        def _forward(self, x, training):
+        def apply(self, x, training):
             if training:
                 seen.append([int(v) for v in np.rint(pn.to_numpy(x[:, 0]))])
-            return super()._forward(x, training)
+            return super().apply(x, training)
 
     seen: list = []
     Xs = np.concatenate([np.arange(40.0)[:, None], np.random.default_rng(3).normal(size=(40, 5))], axis=1)

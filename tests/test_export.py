@@ -18,7 +18,7 @@ import pytest
 from conftest import tolerance
 
 import portnn as pn
-from portnn.layers import Module
+from portnn.nn import Module
 
 BATCH_SIZES = (1, 2, 7, 64, 301)
 FEATURES = 5
@@ -113,9 +113,11 @@ LAYERS = {
     "Dropout": lambda dt: pn.Dropout(0.5, seed=0),
     "BatchNorm": lambda dt: pn.BatchNorm(6, eps=1e-3, dtype=dt),
     "LayerNorm": lambda dt: pn.LayerNorm(6, dtype=dt),
+    "Flatten": lambda dt: pn.Flatten(),
+    "Reshape": lambda dt: pn.Sequential(pn.Reshape((2, 3)), pn.Dense(3, 2, seed=4, dtype=dt), pn.Flatten()),
 }
 ACTIVATIONS = [
-    name for name in LAYERS if name not in ("Dense", "Dropout", "BatchNorm", "LayerNorm")
+    name for name in LAYERS if name not in ("Dense", "Dropout", "BatchNorm", "LayerNorm", "Flatten", "Reshape")
 ]
 
 
@@ -123,7 +125,7 @@ def test_every_portnn_layer_is_tested():
     ours = {
         name
         for name, cls in Module.registry.items()
-        if cls.__module__ in ("portnn.layers", "portnn.regularization") and name != "Sequential"
+        if cls.__module__ in ("portnn.nn.layers", "portnn.nn.normalization")
     }
     assert ours <= set(LAYERS), f"add {sorted(ours - set(LAYERS))} to LAYERS"
 
@@ -313,7 +315,7 @@ def test_an_existing_file_is_replaced(ort, tmp_path):
 class _HostRead(Module):
     """Reads an array value on the host: cannot be traced."""
 
-    def _forward(self, x, training):
+    def apply(self, x, training):
         scale = float(self.xp.max(x))
         return x / scale, lambda dy, need_dx=True: (dy / scale, {})
 
@@ -321,7 +323,7 @@ class _HostRead(Module):
 class _ToNumPy(Module):
     """Leaves the Array API namespace."""
 
-    def _forward(self, x, training):
+    def apply(self, x, training):
         y = np.asarray(pn.to_numpy(x))
         return y, lambda dy, need_dx=True: (dy, {})
 
@@ -329,7 +331,7 @@ class _ToNumPy(Module):
 class _DataDependent(Module):
     """Branches on the data."""
 
-    def _forward(self, x, training):
+    def apply(self, x, training):
         if bool(self.xp.any(x < 0)):
             x = -x
         return x, lambda dy, need_dx=True: (dy, {})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import portnn as pn
-from portnn.layers import Module
+from portnn.nn import Module
 
 try:
     from portnn import _file_checks
@@ -117,7 +117,7 @@ def test_a_claimed_layer_without_tensors_fails_before_building(tmp_path, monkeyp
 def test_loading_a_dense_layer_draws_no_random_initialization(tmp_path, monkeypatch):
     path, _, _ = _saved(tmp_path)
     drawn = []
-    monkeypatch.setattr("portnn.layers.get_initializer", lambda name: lambda *a: drawn.append(name))
+    monkeypatch.setattr("portnn.nn.layers.get_initializer", lambda name: lambda *a: drawn.append(name))
     loaded = pn.load(path)
     assert drawn == []
     assert [tuple(v.shape) for v in loaded.parameters().values()] == [(5, 4), (4,), (4, 3), (3,)]
@@ -392,7 +392,7 @@ class Scale(pn.Module):
     def config(self):
         return {"factor": self.factor}
 
-    def _forward(self, x, training):
+    def apply(self, x, training):
         return x * self.factor, lambda dy, need_dx=True: (dy * self.factor, {})
 
 
@@ -417,7 +417,7 @@ def test_a_user_layer_loads_only_when_chosen(tmp_path):
 def test_register_as_a_decorator_and_bad_arguments(tmp_path):
     @pn.register
     class Doubler(pn.Module):
-        def _forward(self, x, training):
+        def apply(self, x, training):
             return 2 * x, lambda dy, need_dx=True: (2 * dy, {})
 
     pn.save(pn.Sequential(pn.Dense(2, 2, seed=0), Doubler()), tmp_path / "d.safetensors")

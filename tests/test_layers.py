@@ -125,7 +125,7 @@ def test_calling_a_model_in_eval_mode_equals_its_inference_forward(name, rng, ba
     x = rng.normal(size=(8, 4))
     model.fit(x, rng.normal(size=(8, 3)), loss="mse", epochs=2, batch_size=4, verbose=0)
     model.eval()
-    traced, _ = model._forward(model._input(x)[0], False)
+    traced, _ = model.apply(model._input(x)[0], False)
     np.testing.assert_array_equal(pn.to_numpy(model(x)), pn.to_numpy(traced))
     # one sample goes through a matrix-vector product: rounding may differ from the batch's
     np.testing.assert_allclose(pn.to_numpy(model(x[0])), pn.to_numpy(traced)[0], rtol=1e-12)
@@ -208,8 +208,12 @@ def test_shape_errors_name_the_layer(rng):
         model(rng.normal(size=(2, 5)))
     with pytest.raises(ValueError, match=r"layer 2 \(Dense\) expects 2 input features, got 3"):
         model(rng.normal(size=(2, 4)))
-    with pytest.raises(ValueError, match="3-D"):
-        model(rng.normal(size=(2, 2, 4)))
+    # any rank: Dense acts on the last axis, the checks still name the layer
+    x3 = rng.normal(size=(2, 3, 4))
+    ok = pn.Sequential(pn.Dense(4, 3, seed=0), pn.ReLU(), pn.Dense(3, 1, seed=0))
+    np.testing.assert_allclose(pn.to_numpy(ok(x3))[:, 1], pn.to_numpy(ok(x3[:, 1])), rtol=1e-5)
+    with pytest.raises(ValueError, match=r"layer 0 \(Dense\) expects 4 input features, got 2 \(input shape \(2, 4, 2\)\)"):
+        model(rng.normal(size=(2, 4, 2)))
     with pytest.raises(TypeError, match="bool"):
         model(np.ones((2, 4), dtype=bool))
     with pytest.raises(TypeError, match="dtype"):

@@ -121,7 +121,7 @@ def test_layernorm_normalizes_the_last_axis_of_any_rank(rng, backend):
     layer = _randomize(pn.LayerNorm(4, dtype="float64"), rng)
     ref = _torch_layernorm(layer, torch)
     x, dy = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
-    y, backward = layer._forward(backend.asarray(x, backend.xp.float64), True)
+    y, backward = layer.apply(backend.asarray(x, backend.xp.float64), True)
     dx, grads = backward(backend.asarray(dy, backend.xp.float64))
     tx = torch.tensor(x, requires_grad=True)
     ref(tx).backward(torch.tensor(dy))
@@ -298,7 +298,7 @@ def test_load_buffers_sets_running_statistics(rng, backend):
 
 
 def _drop(layer, x):
-    y, backward = layer._forward(x, True)
+    y, backward = layer.apply(x, True)
     return y, backward
 
 
@@ -308,10 +308,10 @@ def test_dropout_is_the_identity_in_inference_mode_and_for_p_zero(rng, backend):
     assert layer.training is False
     np.testing.assert_array_equal(pn.to_numpy(layer(x)), pn.to_numpy(x))
     dy = backend.asarray(rng.normal(size=(20, 30)), backend.xp.float32)
-    y, backward = layer._forward(x, False)
+    y, backward = layer.apply(x, False)
     np.testing.assert_array_equal(pn.to_numpy(backward(dy)[0]), pn.to_numpy(dy))
     zero = pn.Dropout(0.0, seed=0)
-    y, backward = zero._forward(x, True)
+    y, backward = zero.apply(x, True)
     np.testing.assert_array_equal(pn.to_numpy(y), pn.to_numpy(x))
     np.testing.assert_array_equal(pn.to_numpy(backward(dy)[0]), pn.to_numpy(dy))
 
@@ -432,7 +432,7 @@ def test_feature_mismatch_names_the_layer(rng):
     with pytest.raises(ValueError, match=r"BatchNorm expects 3 input features, got 4"):
         pn.BatchNorm(3)(rng.normal(size=(2, 4)))
     with pytest.raises(ValueError, match="2-D"):
-        pn.BatchNorm(4)._forward(pn.get_backend().asarray(rng.normal(size=(2, 3, 4))), False)
+        pn.BatchNorm(4).apply(pn.get_backend().asarray(rng.normal(size=(2, 3, 4))), False)
 
 
 def test_batchnorm_needs_two_samples_to_train(rng):

@@ -163,7 +163,8 @@ def test_same_seed_trains_the_same_weights_on_every_backend(rng, backend_name):
 
 
 BAD_FIT_ARGS = [
-    ({"X": np.zeros((4, 2, 1))}, ValueError, "3-D"),
+    ({"X": np.zeros((4, 2, 1))}, ValueError, r"layer 0 \(Dense\) expects 2 input features, got 1"),
+    ({"X": np.zeros(4)}, ValueError, r"X must be 2-D \(samples, features\) or more"),
     ({"X": np.zeros((0, 2)), "y": np.zeros(0, dtype=int)}, ValueError, "empty"),
     ({"X": np.array([[1.0, np.nan], [0, 0], [0, 0], [0, 0]])}, ValueError, "NaN"),
     ({"X": np.ones((4, 2), dtype=complex)}, TypeError, "complex"),
@@ -215,7 +216,7 @@ def test_predict_rejects_bad_input(rng):
         model.predict(np.array([[1.0, np.inf, 0.0]]))
     with pytest.raises(ValueError, match="batch_size"):
         model.predict(rng.normal(size=(4, 3)), batch_size=0)
-    with pytest.raises(ValueError, match="3-D"):
+    with pytest.raises(ValueError, match=r"expects 3 input features, got 1 \(input shape \(4, 3, 1\)\)"):
         model.predict(rng.normal(size=(4, 3, 1)))
 
 

@@ -151,6 +151,10 @@ class Dense(Module):
     def infer(self, x: Any) -> Any:
         if x.shape[-1] != self.in_features:
             check_features(self.name, self.in_features, x)
+        lead = None
+        if x.ndim > 2:  # one matrix product over every leading axis (the samples first)
+            lead = tuple(x.shape[1:-1])
+            x = self.xp.reshape(x, (-1, self.in_features))
         y = x @ self._params["weight"]
         b = self._params.get("bias")
         if b is not None:
@@ -158,6 +162,8 @@ class Dense(Module):
                 y += b  # in place: the product is a fresh array this layer owns
             else:
                 y = y + b
+        if lead is not None:
+            y = self.xp.reshape(y, (-1, *lead, self.out_features))  # -1: the batch may be symbolic (ONNX)
         return y
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
@@ -212,7 +218,7 @@ class Flatten(Module):
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         shape = tuple(x.shape)
-        y = xp.reshape(x, (shape[0], math.prod(shape[1:])))
+        y = xp.reshape(x, (-1, math.prod(shape[1:])))  # -1: the batch may be symbolic (ONNX)
         return y, lambda dy, need_dx=True: ((xp.reshape(dy, shape) if need_dx else None), {})
 
 
@@ -244,7 +250,8 @@ class Reshape(Module):
                 f"{self.name} cannot reshape samples of shape {shape[1:]} ({size} values) "
                 f"to {self.shape} (input shape {shape})"
             )
-        y = xp.reshape(x, (shape[0], *self.shape))
+        per_sample = tuple(size // known if s == -1 else s for s in self.shape)
+        y = xp.reshape(x, (-1, *per_sample))  # -1: the batch may be symbolic (ONNX)
         return y, lambda dy, need_dx=True: ((xp.reshape(dy, shape) if need_dx else None), {})
 
     def _repr_args(self) -> str:

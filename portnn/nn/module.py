@@ -139,7 +139,7 @@ class Module:
         arr = backend.asarray(value, target, copy=True)  # never train a caller's array in place
         if not backend.xp.isdtype(arr.dtype, "real floating"):
             arr = backend.xp.astype(arr, backend.xp.float32)
-        check_finite(f"parameter {name!r}", arr, backend.xp)
+        check_finite(name, arr, backend.xp)
         self._params[name] = arr
         return arr
 
