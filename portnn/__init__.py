@@ -21,7 +21,7 @@ from .distributed import DataParallel, DistributedError
 from .export import ExportError, export_onnx
 from . import testing
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 
 def __getattr__(name: str):

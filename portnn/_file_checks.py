@@ -24,11 +24,10 @@ import re
 import secrets
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._checks import check_real, dtype_kind
-from .backend import _library_name
 
 FORMAT_VERSION = 1
 _META_KEY = "portnn"
@@ -326,20 +325,20 @@ def check_arguments(kind: str, cls: type, config: Mapping[str, Any], n_args: int
 
 def check_architecture(
     node: Any,
-    custom: Mapping[str, Mapping[str, type]],
+    resolve: Callable[[str, str], type],
     shapes: Mapping[str, tuple[int, ...]],
     where: str = "architecture",
     prefix: str = "",
 ) -> None:
     """Resolve every class of the architecture and check each size it claims against ``shapes``.
 
-    ``shapes`` are the stored tensors' shapes, from the file's header: a config
-    claiming a layer larger than its tensors fails here, before any layer exists.
+    ``resolve(name, where)`` gives the layer class a name means (see
+    :mod:`portnn._registry`). ``shapes`` are the stored tensors' shapes, from the
+    file's header: a config claiming a layer larger than its tensors fails here,
+    before any layer exists.
     """
-    from ._registry import resolve
-
     name, config = check_node(where, node)
-    cls = resolve("layer", name, custom, where)
+    cls = resolve(name, where)
     if not isinstance(node.get("trainable", True), bool):
         raise Bad(f"{name} at {where} has 'trainable' {node['trainable']!r}; it must be true or false")
     children = child_nodes(name, node, where)
@@ -349,7 +348,7 @@ def check_architecture(
     else:
         check_arguments("layer", cls, config)
     for i, (child_name, child) in enumerate(children):
-        check_architecture(child, custom, shapes, f"{where}.layers[{i}]", f"{prefix}{child_name}.")
+        check_architecture(child, resolve, shapes, f"{where}.layers[{i}]", f"{prefix}{child_name}.")
     for own, shape in _claimed(cls, config).items():
         kinds = [k for k in ("param", "buffer") if f"{k}/{prefix}{own}" in shapes]
         label = "parameter" if not kinds or kinds[0] == "param" else "buffer"

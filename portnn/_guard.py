@@ -18,7 +18,7 @@ from typing import Any
 from ._tree import arrays_of
 
 
-__all__ = ["all_finite", "arrays_of", "probe"]
+__all__ = ["TrainingDivergedError", "all_finite", "arrays_of", "probe"]
 
 
 def _floating(arrays: Iterable[Any], xp: Any) -> list[Any]:
@@ -44,3 +44,16 @@ def all_finite(value: Any, arrays: Iterable[Any], xp: Any) -> bool:
     if not math.isfinite(float(value)):
         return False
     return all(bool(xp.all(xp.isfinite(a))) for a in _floating(arrays, xp))
+
+
+class TrainingDivergedError(RuntimeError):
+    """A training step produced a non-finite loss or gradient; the model is at the last finite step."""
+
+    def __init__(self, epoch: int, step: int, loss: float) -> None:
+        self.epoch, self.step, self.loss = epoch, step, loss
+        super().__init__(
+            f"training diverged at epoch {epoch}, step {step}: the loss or a gradient is not "
+            f"finite (loss {loss}); the model keeps the parameters of the last finite step and "
+            "model.history the completed epochs. Lower the learning rate, clip gradients "
+            "(clip_norm=...), or pass on_nonfinite='skip_batch'"
+        )

@@ -129,7 +129,7 @@ def _column(text: str) -> str | int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``portnn`` argument parser: subcommands info, train, evaluate, predict and export."""
-    from . import __version__
+    from ._version import __version__
 
     parser = _Parser(
         prog="portnn",

@@ -477,7 +477,7 @@ class DataParallel:
 
 def _shared_failure(exc: BaseException) -> bool:
     """Errors every rank raises at the same step (nothing to report to the others)."""
-    from .training import TrainingDivergedError
+    from ._guard import TrainingDivergedError
 
     return isinstance(exc, TrainingDivergedError) or (isinstance(exc, DistributedError) and exc.source is not None)
 

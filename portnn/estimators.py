@@ -72,7 +72,7 @@ from .losses import (
 )
 from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer
 from .nn import BatchNorm, Dropout
-from .training import TrainingDivergedError
+from ._guard import TrainingDivergedError
 from .training import fit as _train
 from .training import predict as _outputs
 

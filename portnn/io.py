@@ -182,7 +182,7 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         your own has the name of one of portnn's classes (a file would mean
         portnn's) or a private name (``_...``) and is not registered.
     """
-    from . import __version__
+    from ._version import __version__
 
     if not isinstance(model, Module):
         raise TypeError(f"save() takes a portnn Module, got {type(model).__name__}")
@@ -292,7 +292,9 @@ def load(
             metadata = f.metadata()
             meta = checks.read_metadata(metadata)  # before reading any tensor
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
-            checks.check_architecture(meta["architecture"], custom, shapes)
+            checks.check_architecture(
+                meta["architecture"], lambda name, where: names.resolve("layer", name, custom, where), shapes
+            )
             for kind in ("loss", "optimizer"):
                 if meta.get(kind) is not None:
                     cls = names.resolve(kind, meta[kind]["class"], custom, kind)

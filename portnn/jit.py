@@ -102,14 +102,15 @@ class CompiledStep:
         """Dropout's draws for this batch, from each layer's host generator in forward order."""
         if not self._dropouts:
             return []
-        shape = tuple(xb.shape)
+        shape = tuple(tuple(x.shape) for x in xb) if isinstance(xb, tuple) else tuple(xb.shape)
+        dtype = _dtype(xb)
         if shape not in self._noise_shapes:
             # trace the forward once abstractly to learn each dropout's input shape
             shapes: list[tuple[int, ...]] = []
 
             def record(s):
                 shapes.append(tuple(s))
-                return self._jax.numpy.zeros(s, dtype=xb.dtype)
+                return self._jax.numpy.zeros(s, dtype=dtype)
 
             for layer in self._dropouts:
                 layer.uniform = record
@@ -121,7 +122,7 @@ class CompiledStep:
             self._noise_shapes[shape] = shapes
         backend = self.model.backend
         return [
-            backend.asarray(layer.generator.random(s), xb.dtype)
+            backend.asarray(layer.generator.random(s), dtype)
             for layer, s in zip(self._dropouts, self._noise_shapes[shape])
         ]
 
@@ -131,8 +132,8 @@ class CompiledStep:
         # the step count goes in as an array so that each step does not compile anew
         step = state["step"]
         if not hasattr(step, "dtype"):
-            state = {**state, "step": model.xp.asarray(step, dtype=xb.dtype)}
-        lr = model.xp.asarray(opt.lr, dtype=xb.dtype)
+            state = {**state, "step": model.xp.asarray(step, dtype=_dtype(xb))}
+        lr = model.xp.asarray(opt.lr, dtype=_dtype(xb))
         args = (dict(model.parameters()), dict(model.buffers()), state, lr)
         noise = self._noise(xb, yb, args)
         new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
@@ -150,3 +151,8 @@ class CompiledStep:
         state = self.model.optimizer_state
         if isinstance(state, dict) and hasattr(state.get("step"), "dtype"):
             self.model.optimizer_state = {**state, "step": int(state["step"])}
+
+
+def _dtype(xb: Any) -> Any:
+    """The dtype of a batch (of its first array, for a model with several inputs)."""
+    return (xb[0] if isinstance(xb, tuple) else xb).dtype

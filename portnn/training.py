@@ -26,7 +26,7 @@ from .nn.module import call_backward, check_same_samples, provide_workflows
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer, update_trainable
-from ._guard import all_finite, arrays_of
+from ._guard import TrainingDivergedError, all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
 
@@ -41,19 +41,6 @@ __all__ = [
     "predict_proba",
     "value_and_grad",
 ]
-
-
-class TrainingDivergedError(RuntimeError):
-    """A training step produced a non-finite loss or gradient; the model is at the last finite step."""
-
-    def __init__(self, epoch: int, step: int, loss: float) -> None:
-        self.epoch, self.step, self.loss = epoch, step, loss
-        super().__init__(
-            f"training diverged at epoch {epoch}, step {step}: the loss or a gradient is not "
-            f"finite (loss {loss}); the model keeps the parameters of the last finite step and "
-            "model.history the completed epochs. Lower the learning rate, clip gradients "
-            "(clip_norm=...), or pass on_nonfinite='skip_batch'"
-        )
 
 
 class History:

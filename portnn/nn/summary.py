@@ -1,12 +1,14 @@
-"""``model.summary()``: a table of the modules of a tree, their output shapes and parameter counts."""
+"""``model.summary()``: a table of the modules of a tree, their output shapes and parameter counts.
+
+It reads a model through its public methods only (and imports nothing of nn/: the
+module protocol calls it).
+"""
 
 from __future__ import annotations
 
 import copy
 import math
 from typing import Any
-
-from .module import Module
 
 __all__ = ["Summary", "summarize"]
 
@@ -84,7 +86,7 @@ def _check_shape(input_shape: Any) -> tuple[Any, ...]:
     return one(input_shape)
 
 
-def _output_shapes(model: Module, input_shape: Any) -> dict[str, Any]:
+def _output_shapes(model: Any, input_shape: Any) -> dict[str, Any]:
     """Each module's output shape, from one inference pass over zeros through a copy of ``model``."""
     probe = copy.deepcopy(model)
     found: dict[str, Any] = {}
@@ -108,7 +110,7 @@ def _output_shapes(model: Module, input_shape: Any) -> dict[str, Any]:
     return found
 
 
-def summarize(model: Module, input_shape: Any = None) -> Summary:
+def summarize(model: Any, input_shape: Any = None) -> Summary:
     """The :class:`Summary` of ``model`` (output shapes from ``input_shape`` or the first layer's)."""
     if input_shape is None:
         input_shape = model.input_shape()
