@@ -240,3 +240,14 @@ def check_real(name: str, value: Any, *, floating: bool) -> None:
             f"{name} takes floating-point numbers, got integers (dtype {dtype}); "
             "convert them first, e.g. with .astype('float32')"
         )
+
+
+def check_same_samples(name: str, items: tuple[Any, ...]) -> None:
+    """Every array of a tuple input has the same number of samples (its first axis)."""
+    first = int(items[0].shape[0])
+    for i, xi in enumerate(items[1:], start=1):
+        if int(xi.shape[0]) != first:
+            raise ValueError(
+                f"{name}[{i}] has {int(xi.shape[0])} samples (shape {tuple(xi.shape)}), but {name}[0] "
+                f"has {first}; every input of a tuple needs one row per sample"
+            )

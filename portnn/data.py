@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ._checks import as_input, check_dtype, check_ndim, check_not_empty, host_array, is_device_array
+from ._checks import as_input, check_dtype, check_ndim, check_not_empty, check_same_samples, host_array, is_device_array
 from .backend import Backend, _library_name, dtype_name, to_numpy
 
 __all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows", "n_samples", "samples", "take_rows"]
@@ -49,13 +49,7 @@ def samples(backend: Backend, name: str, X: Any, dtype: Any, *, finite: bool) ->
     items = tuple(feature_matrix(backend, f"{name}[{i}]", xi, dtype, finite=finite) for i, xi in enumerate(X))
     if any(is_dask(xi) for xi in items) and str(backend) != "dask":
         raise TypeError(f"{name}: a tuple of Dask arrays is not supported; pass one Dask array, or NumPy arrays")
-    first = int(items[0].shape[0])
-    for i, xi in enumerate(items[1:], start=1):
-        if int(xi.shape[0]) != first:
-            raise ValueError(
-                f"{name}[{i}] has {int(xi.shape[0])} samples (shape {tuple(xi.shape)}), but {name}[0] has "
-                f"{first}; every input of a tuple needs one row per sample"
-            )
+    check_same_samples(name, items)
     return items
 
 

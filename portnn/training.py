@@ -15,14 +15,14 @@ from typing import Any
 
 import numpy as np  # host side only: shuffling orders, seeds and gradient_check's perturbations
 
-from ._checks import as_input, count, host_array, positive_number
+from ._checks import as_input, check_same_samples, count, host_array, positive_number
 from .backend import dtype_name, host_rng, to_numpy
 from .callbacks import Callback
 from ._tree import flatten
 from .data import Batcher, feature_matrix, is_dask, map_rows, n_samples, sample_shape, samples, take_rows
 from .distributed import data_parallel as _data_parallel
 from .nn import Module, Sigmoid, Softmax
-from .nn.module import call_backward, check_same_samples, provide_workflows
+from .nn.module import call_backward, provide_workflows
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
 from .optimizers import SGD, Optimizer, get_optimizer, update_trainable

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .._checks import as_input, check_finite, check_real, floating_dtype, host_array
+from .._checks import as_input, check_finite, check_real, check_same_samples, floating_dtype, host_array
 from .._rwlock import ReadWriteLock
 from .._tree import move_array, move_tree
 from ..backend import Backend, _library_name, _make_backend, dtype_name, get_backend
@@ -639,20 +639,3 @@ def _one_input(backend: Backend, name: str, x: Any, dtype: Any) -> Any:
     if _ready(backend, x, dtype):
         return x
     return as_input(backend, name, x, dtype, ndims=None)
-
-
-def check_same_samples(name: str, items: tuple[Any, ...]) -> None:
-    """Every array of a tuple input has the same number of samples (its first axis)."""
-    first = int(items[0].shape[0])
-    for i, xi in enumerate(items[1:], start=1):
-        if int(xi.shape[0]) != first:
-            raise ValueError(
-                f"{name}[{i}] has {int(xi.shape[0])} samples (shape {tuple(xi.shape)}), but {name}[0] "
-                f"has {first}; every input of a tuple needs one row per sample"
-            )
-
-
-def dtype_of(model: Module) -> str:
-    """The name of the dtype ``model`` computes in (float32 when it has no parameters)."""
-    dtype = model.compute_dtype()
-    return dtype_name(dtype) if dtype is not None else "float32"
