@@ -317,6 +317,7 @@ def load(
             target = get_backend()
         with use_backend(target):
             model = _build(meta["architecture"], custom, tensors)
+        _set_trainable(model, meta["architecture"])
         _restore(model, meta, tensors, custom)
     except _Bad as e:
         raise ValueError(f"{path}: {e}") from None
@@ -363,9 +364,18 @@ def _build(
             raise _Bad(f"{name} at {where} builds the sub-modules {made}, but the file names {named}")
     if not isinstance(module, cls):
         raise _Bad(f"{cls.__name__}.from_config at {where} returned a {type(module).__name__}")
-    if node.get("trainable", True) is False:
-        module.trainable = False
     return module
+
+
+def _set_trainable(module: Module, node: dict[str, Any], where: str = "architecture") -> None:
+    """Each module's ``trainable`` flag as the file has it, parents first: freezing a module
+    freezes everything inside, and a sub-module the file keeps trainable under a frozen
+    parent, or one a container built itself, then gets its own flag."""
+    module.trainable = node.get("trainable", True) is not False
+    children = dict(module.children())
+    for i, (child_name, child) in enumerate(checks.child_nodes(str(node.get("class")), node, where)):
+        if child_name in children:
+            _set_trainable(children[child_name], child, f"{where}.layers[{i}]")
 
 
 def _stored_arguments(cls: type, config: dict[str, Any], tensors: Mapping[str, np.ndarray], prefix: str) -> dict[str, Any]:

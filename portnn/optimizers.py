@@ -393,7 +393,8 @@ def update_trainable(
     opt: Optimizer, params: dict[str, Any], trainable: Sequence[str], grads: dict[str, Any], state: dict[str, Any], xp: Any
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The optimizer's update of the trainable parameters (``trainable``, names); frozen ones,
-    and their optimizer slots, are left out and kept as they are.
+    and their optimizer slots, are left out and kept as they are, and so are any gradients
+    a layer gave for them (they never reach gradient clipping's norm).
 
     Returns the new trainable parameters and the whole new state.
     """
@@ -401,5 +402,7 @@ def update_trainable(
         return opt.update(params, grads, state, xp)
     slots = state["slots"]
     part = {"step": state["step"], "slots": {k: slots[k] for k in trainable}}
-    new_params, new_part = opt.update({k: params[k] for k in trainable}, grads, part, xp)
+    new_params, new_part = opt.update(
+        {k: params[k] for k in trainable}, {k: grads[k] for k in trainable}, part, xp
+    )
     return new_params, {**new_part, "slots": {**slots, **new_part["slots"]}}

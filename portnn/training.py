@@ -154,8 +154,8 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
 
     Runs the forward pass in training mode. Returns ``(loss, grads)``: the loss
     as a 0-d array of the model's backend (layer penalties included), and a dict
-    with the keys of ``model.parameters()``. The gradients are also kept for
-    ``model.gradients()``.
+    with the keys of ``model.parameters(trainable_only=True)`` (frozen parameters
+    have none). The gradients are also kept for ``model.gradients()``.
     """
     _check_model(model)
     loss = get_loss(loss)
@@ -168,8 +168,9 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     targets = _Targets(model, loss, xb, y_host)
     target = backend.asarray(targets.values, targets.dtype)
     value, grads, _ = _value_and_grad(model, loss, xb, target, _penalized(model))
+    grads = {name: grads[name] for name in model.parameters(trainable_only=True) if name in grads}
     model.store_gradients(grads)
-    return value, {name: grads[name] for name in model.parameters() if name in grads}
+    return value, grads
 
 
 def _batch_input(backend: Any, name: str, x: Any, dtype: Any, finite: bool = True) -> tuple[Any, bool]:

@@ -219,6 +219,13 @@ class Concatenate(_Merge):
                 f"{self.name} joins arrays of one rank along axis {self.axis}, "
                 f"got shapes {[tuple(p.shape) for p in parts]}"
             )
+        axis = self.axis % _rank(parts)
+        if len({tuple(p.shape[:axis]) + tuple(p.shape[axis + 1 :]) for p in parts}) > 1:
+            # checked here: the libraries raise different errors (torch a RuntimeError)
+            raise ValueError(
+                f"{self.name} cannot join shapes {[tuple(p.shape) for p in parts]} along axis {self.axis}: "
+                "they differ on another axis"
+            )
         try:
             return self.xp.concat(parts, axis=self.axis)
         except (TypeError, ValueError) as e:
@@ -231,7 +238,7 @@ class Concatenate(_Merge):
         out, start = [], 0
         for p in parts:
             stop = start + int(p.shape[axis])
-            index = (slice(None),) * axis + (slice(start, stop),)
+            index = (slice(None),) * axis + (slice(start, stop), ...)  # the standard names every axis
             out.append(dy[index])
             start = stop
         return out

@@ -55,6 +55,16 @@ def _workflow(name: str) -> Callable[..., Any]:
 _TAKES_NEED_DX: dict[Any, bool] = {}
 
 
+class _Stdout:
+    """``summary``'s default ``file``: whatever ``sys.stdout`` is when it prints."""
+
+    def __repr__(self) -> str:
+        return "sys.stdout"
+
+
+_STDOUT = _Stdout()
+
+
 def call_backward(backward: Backward, dy: Any, need_dx: bool) -> tuple[Any, dict[str, Any]]:
     """``backward(dy)``, asking it to skip the input gradient when it takes ``need_dx``."""
     if need_dx:
@@ -178,6 +188,15 @@ class Module:
         modules = state.get("_modules")
         if modules is not None and name in modules:
             del modules[name]
+        if not isinstance(getattr(type(self), name, None), property):
+            for kind, store in (("parameter", "_params"), ("buffer", "_buffers")):
+                own = state.get(store)
+                if own is not None and name in own:
+                    # ``self.w = self.add_parameter("w", ...)`` or a new value sets the parameter itself:
+                    # a plain attribute would hide every value training gives it
+                    if value is not own[name]:
+                        self._load(kind, {name: value}, True, False)
+                    return
         object.__setattr__(self, name, value)
 
     def __getattr__(self, name: str) -> Any:
@@ -409,6 +428,10 @@ class Module:
         """
         if backend is None and device is None:
             target = self._backend
+        elif device is None and backend == str(self._backend):
+            # the same library without a device: the arrays stay where they are, and so does the
+            # device the model makes its inputs on (None would mean the library's default)
+            target = _make_backend(backend, self._backend.device)
         else:
             target = _make_backend(backend if backend is not None else str(self._backend), device)
         cast = None if dtype is None else floating_dtype(target, dtype)
@@ -556,7 +579,7 @@ class Module:
         """Save architecture, parameters and optimizer state to ``path``; see :func:`portnn.load`."""
         _workflow("save")(self, path)
 
-    def summary(self, input_shape: Any = None, file: Any = sys.stdout) -> Any:
+    def summary(self, input_shape: Any = None, file: Any = _STDOUT) -> Any:
         """A table of every module: name, type, output shape, parameter count; see :mod:`portnn.nn.summary`.
 
         ``input_shape`` is the per-sample shape (a tuple of them for several
@@ -567,7 +590,8 @@ class Module:
 
         table = summarize(self, input_shape)
         if file is not None:
-            print(table, file=file)
+            # the sys.stdout of the call, not of the import (redirect_stdout, captured output)
+            print(table, file=sys.stdout if file is _STDOUT else file)
         return table
 
     def __repr__(self) -> str:

@@ -91,14 +91,23 @@ def _output_shapes(model: Any, input_shape: Any) -> dict[str, Any]:
     probe = copy.deepcopy(model)
     found: dict[str, Any] = {}
     for prefix, module in probe.named_modules():
-        inner = module.infer
+        inner, inner_apply = module.infer, module.apply
 
         def recording(x: Any, _inner: Any = inner, _prefix: str = prefix) -> Any:
             y = _inner(x)
             found[_prefix] = _shape_of(y)
             return y
 
+        # a container of the user's own may call its children's apply rather than infer
+        def recording_apply(
+            x: Any, training: bool, _inner: Any = inner_apply, _prefix: str = prefix
+        ) -> Any:
+            y, backward = _inner(x, training)
+            found[_prefix] = _shape_of(y)
+            return y, backward
+
         module.__dict__["infer"] = recording  # on the copy only
+        module.__dict__["apply"] = recording_apply
     xp, backend = probe.xp, probe.backend
     dtype = probe.compute_dtype() or xp.float32
 
@@ -112,9 +121,16 @@ def _output_shapes(model: Any, input_shape: Any) -> dict[str, Any]:
 
 def summarize(model: Any, input_shape: Any = None) -> Summary:
     """The :class:`Summary` of ``model`` (output shapes from ``input_shape`` or the first layer's)."""
-    if input_shape is None:
-        input_shape = model.input_shape()
-    shapes = {} if input_shape is None else _output_shapes(model, _check_shape(input_shape))
+    shapes: dict[str, Any] = {}
+    if input_shape is not None:
+        shapes = _output_shapes(model, _check_shape(input_shape))
+    elif model.input_shape() is not None:
+        try:
+            shapes = _output_shapes(model, _check_shape(model.input_shape()))
+        except (TypeError, ValueError):
+            # the first layer tells only the last axis ((T, F) samples to a Dense of F, say):
+            # the shapes stay unknown unless given
+            shapes = {}
     rows = []
     for prefix, module in model.named_modules():
         name = prefix[:-1]
