@@ -138,7 +138,7 @@ class CompiledStep:
         noise = self._noise(xb, yb, args)
         new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
         ok = None if finite is None else bool(finite)
-        with model._weights_lock.writing():
+        with model.weights_lock.writing():
             if ok is not False:
                 self._set(new_params, new_buffers)
                 model.optimizer_state = new_state

@@ -89,6 +89,11 @@ def _n_outputs(model: Module, x_row: Any) -> int:
             f"the model gives {len(y)} outputs (a tuple); a loss takes one: end it with a "
             "Concatenate or Add, or a layer that merges them"
         )
+    if y.ndim > 2:
+        raise ValueError(
+            f"the model's outputs have shape {tuple(y.shape[1:])} per sample; losses and metrics take "
+            "(samples, outputs): end the model with pn.Flatten() or a Dense on flattened features"
+        )
     return int(y.shape[-1])
 
 
@@ -161,6 +166,7 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     loss = get_loss(loss)
     backend = model.backend
     dtype = _model_dtype(model)
+    model.check_input_kind(x, "x")
     xb, single = _batch_input(backend, "x", x, dtype)
     y_host = host_array("y", y)
     if single:
@@ -323,6 +329,7 @@ def fit(
     backend = model.backend
     xp = backend.xp
     dtype = _model_dtype(model)
+    model.check_input_kind(X, "X")
     X = samples(backend, "X", X, dtype, finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
     n = n_samples(X)
@@ -512,7 +519,7 @@ class _EagerStep:
             if buffers:
                 model.load_buffers(buffers, check_finite=False)  # undo this batch's running statistics
             return value, pred, finite
-        with model._weights_lock.writing():
+        with model.weights_lock.writing():
             model.assign_parameters(new_params)
             model.optimizer_state = new_state
         return value, pred, finite
@@ -601,9 +608,10 @@ def evaluate(
         raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
     metric_objs = _metrics(metrics)
     batch_size = count("batch_size", batch_size, allow_none=True)
+    model.check_input_kind(X, "X")
     X = samples(model.backend, "X", X, _model_dtype(model), finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
-    with model._weights_lock.reading():  # a step in another thread never lands half-way
+    with model.weights_lock.reading():  # a step in another thread never lands half-way
         results = _evaluate(
             model,
             loss_obj,
@@ -630,13 +638,15 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
     if is_dask(X) and _ndim(X) == 2 and backend != "dask":
         return _over_dask(model, X, lambda m, b: predict(m, b, batch_size, check_finite))
     if _single(X):
+        model.check_input_kind(X, "X")
         x, _ = _batch_input(backend, "X", X, dtype, finite=check_finite)
-        with model._weights_lock.reading():
+        with model.weights_lock.reading():
             return _first(model.infer(x))
+    model.check_input_kind(X, "X")
     X = samples(backend, "X", X, dtype, finite=check_finite)
     n = n_samples(X)
     # the lock: a training step in another thread never lands half-way through these outputs
-    with Batcher(backend, dtype, X) as batcher, model._weights_lock.reading():
+    with Batcher(backend, dtype, X) as batcher, model.weights_lock.reading():
         outputs = [model.infer(xb) for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
     return outputs[0] if len(outputs) == 1 else _concat(backend.xp, outputs)
 

@@ -741,3 +741,34 @@ def test_summary_shows_the_children_of_a_user_container(f64):
     shapes = {r["name"]: r["output_shape"] for r in summary.rows}
     assert shapes == {"": (None, 2), "0": (None, 5), "0.first": (None, 6), "0.act": (None, 6), "0.second": (None, 5),
                       "1": (None, 5), "2": (None, 5), "3": (None, 2)}
+
+
+# ---------------------------------------------------------------- the kind of input a model takes
+
+
+def test_a_tuple_for_a_one_input_model_is_a_clear_error(rng):
+    one = pn.Sequential(pn.Dense(3, 2, seed=0))
+    pair = (rng.normal(size=(4, 3)), rng.normal(size=(4, 3)))
+    for call in (lambda: one(pair), lambda: one.predict(pair), lambda: one.evaluate(pair, np.zeros(4, int), loss="cross_entropy"),
+                 lambda: one.fit(pair, np.zeros(4, int), loss="cross_entropy", verbose=0)):
+        with pytest.raises(ValueError, match="takes one input .* starts with a Parallel"):
+            call()
+    assert getattr(one, "optimizer_state", None) is None
+
+
+def test_outputs_with_more_axes_than_a_loss_takes_are_refused_before_training(rng):
+    model = pn.Sequential(pn.Dense(3, 4, seed=0), pn.Reshape((2, 2)))
+    before = pn.to_numpy(model[0].weight).copy()
+    with pytest.raises(ValueError, match=r"outputs have shape \(2, 2\) per sample.*Flatten"):
+        model.fit(rng.normal(size=(4, 3)), rng.normal(size=(4, 2)), loss="mse", verbose=0)
+    with pytest.raises(ValueError, match="Flatten"):
+        pn.value_and_grad(model, "mse", rng.normal(size=(4, 3)), rng.normal(size=(4, 2)))
+    np.testing.assert_array_equal(pn.to_numpy(model[0].weight), before)
+
+
+def test_summary_prints_the_table_once_and_returns_it(capsys):
+    model = pn.Sequential(pn.Dense(3, 4, seed=0), pn.ReLU(), pn.Dense(4, 2, seed=1))
+    summary = model.summary()
+    printed = capsys.readouterr().out
+    assert printed.strip() == str(summary) and "Total parameters: 26" in printed
+    assert repr(summary) == "<Summary of 4 modules: 26 parameters (26 trainable, 0 frozen)>"

@@ -483,7 +483,7 @@ def test_gradient_check_refuses_a_bad_seed_by_name(rng, seed):
         pn.gradient_check(_model(), "cross_entropy", X, y, seed=seed)
 
 
-def test_the_weights_lock_lets_readers_share_and_a_writer_wait_for_them():
+def test_theweights_lock_lets_readers_share_and_a_writer_wait_for_them():
     from portnn._rwlock import ReadWriteLock
 
     lock = ReadWriteLock()

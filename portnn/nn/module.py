@@ -465,7 +465,7 @@ class Module:
         return copy.deepcopy(self)
 
     @property
-    def _weights_lock(self) -> ReadWriteLock:
+    def weights_lock(self) -> ReadWriteLock:
         """Written under by a training step, read under by ``predict``: inference in another
         thread sees the weights of one whole step (see :mod:`portnn._rwlock`)."""
         lock = self.__dict__.get("_lock")
@@ -502,8 +502,22 @@ class Module:
                 return value.dtype
         return None
 
+    def check_input_kind(self, x: Any, name: str = "x") -> None:
+        """Refuse a tuple of inputs for a model that takes one array (when it tells, through
+        :meth:`input_shape`), with a ValueError naming ``name``. (A model with several inputs
+        starts with a Parallel, which names a wrong number of inputs itself.)"""
+        if not isinstance(x, tuple) or not x:
+            return
+        shape = self.input_shape()
+        if shape is not None and not (shape and isinstance(shape[0], tuple)):
+            raise ValueError(
+                f"{name} is a tuple of {len(x)} arrays, but {type(self).__name__} takes one input "
+                f"(samples of shape {shape}); a model with several inputs starts with a Parallel"
+            )
+
     def _input(self, x: Any) -> tuple[Any, bool]:
         """``x`` checked and on the backend, as a batch; whether it was one sample (1-D)."""
+        self.check_input_kind(x)
         dtype = self.compute_dtype()
         if isinstance(x, tuple):
             items = tuple(_one_input(self._backend, f"x[{i}]", xi, dtype) for i, xi in enumerate(x))

@@ -56,7 +56,8 @@ class Summary:
             ]
         )
 
-    __repr__ = __str__
+    def __repr__(self) -> str:  # short: summary() has printed the table already
+        return f"<Summary of {len(self.rows)} modules: {self.total:,} parameters ({self.trainable:,} trainable, {self.frozen:,} frozen)>"
 
 
 def _shape_text(shape: Any) -> str:
