@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._checks import check_real, dtype_kind
+
 
 FORMAT_VERSION = 1
 _META_KEY = "portnn"

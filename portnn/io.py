@@ -41,7 +41,7 @@ from . import _file_checks as checks
 from . import _registry as names
 from ._file_checks import FORMAT_VERSION, Bad as _Bad, check_node as _check_node
 from ._file_checks import atomic_write as _atomic_write, checksum as _checksum  # export.py writes with it
-from .backend import _make_backend, dtype_name, get_backend, to_numpy, use_backend
+from .backend import _make_backend, get_backend, to_numpy, use_backend
 from .nn import Module
 from .nn.module import provide_workflows
 from .optimizers import Optimizer

@@ -19,78 +19,20 @@ namespace) is used for math.
 from __future__ import annotations
 
 import copy
-import inspect
 import math
 import sys
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from .._checks import as_input, check_finite, check_real, check_same_samples, floating_dtype, host_array
+from .._checks import check_finite, check_real, check_same_samples, floating_dtype, host_array
 from .._rwlock import ReadWriteLock
-from .._tree import move_array, move_tree
-from ..backend import Backend, _library_name, _make_backend, dtype_name, get_backend
+from .._tree import flatten, move_array, move_tree
+from ..backend import Backend, _library_name, _make_backend, get_backend
+from .calling import _STDOUT, Backward, call_backward, first_sample, one_input, provide_workflows, workflow
+from .tree import assign, backend_owner, check_name, load_checked, map_arrays
 
 __all__ = ["Backward", "Module", "call_backward", "map_arrays", "provide_workflows"]
-
-Backward = Callable[..., tuple[Any, dict[str, Any]]]
-
-# fit, predict, evaluate and save live above this package (portnn.training, portnn.io);
-# they hand their functions in here when portnn is imported, so nn/ never imports them
-_WORKFLOWS: dict[str, Callable[..., Any]] = {}
-
-
-def provide_workflows(**functions: Callable[..., Any]) -> None:
-    """Make ``Module.fit``/``predict``/... call these functions (done once by portnn's own modules)."""
-    _WORKFLOWS.update(functions)
-
-
-def _workflow(name: str) -> Callable[..., Any]:
-    try:
-        return _WORKFLOWS[name]
-    except KeyError:
-        raise RuntimeError(f"Module.{name} needs portnn's training functions: import portnn first") from None
-
-
-_TAKES_NEED_DX: dict[Any, bool] = {}
-
-
-class _Stdout:
-    """``summary``'s default ``file``: whatever ``sys.stdout`` is when it prints."""
-
-    def __repr__(self) -> str:
-        return "sys.stdout"
-
-
-_STDOUT = _Stdout()
-
-
-def call_backward(backward: Backward, dy: Any, need_dx: bool) -> tuple[Any, dict[str, Any]]:
-    """``backward(dy)``, asking it to skip the input gradient when it takes ``need_dx``."""
-    if need_dx:
-        return backward(dy)
-    code = getattr(backward, "__code__", None)
-    takes = _TAKES_NEED_DX.get(code)
-    if takes is None:
-        try:
-            parameters = inspect.signature(backward).parameters
-        except (TypeError, ValueError):
-            parameters = {}
-        takes = "need_dx" in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
-        if code is not None:
-            _TAKES_NEED_DX[code] = takes
-    return backward(dy, need_dx=False) if takes else backward(dy)
-
-
-def _check_name(kind: str, name: Any, module: Module) -> str:
-    if not isinstance(name, str) or not name or "." in name:
-        raise ValueError(f"a {kind} name must be a non-empty str without '.', got {name!r}")
-    taken = {"parameter": module._params, "buffer": module._buffers, "module": module._modules}
-    for other, names in taken.items():
-        if other != kind and name in names:
-            raise ValueError(f"{type(module).__name__} already has a {other} named {name!r}")
-    return name
-
 
 class Module:
     """Base of every layer and model.
@@ -139,7 +81,7 @@ class Module:
         dtype unless ``dtype`` is given, anything else becomes float32. Returns the
         array (also ``self.parameters()[name]`` and ``self.<name>``).
         """
-        _check_name("parameter", name, self)
+        check_name("parameter", name, self)
         backend = self._backend
         target = None if dtype is None else floating_dtype(backend, dtype)
         if _library_name(value) in (None, "numpy"):
@@ -155,7 +97,7 @@ class Module:
 
     def add_buffer(self, name: str, value: Any) -> Any:
         """Declare buffer ``name``: state that is saved and moved but not trained (running statistics)."""
-        _check_name("buffer", name, self)
+        check_name("buffer", name, self)
         arr = self._backend.asarray(value, copy=True)
         self._buffers[name] = arr
         return arr
@@ -166,10 +108,10 @@ class Module:
             raise AttributeError(f"call super().__init__() in {type(self).__name__}.__init__ before adding modules")
         if not isinstance(module, Module):
             raise TypeError(f"{type(self).__name__}.add_module takes a portnn Module, got {type(module).__name__}")
-        _check_name("module", name, self)
+        check_name("module", name, self)
         if any(m is self for m in module.modules()):
             raise ValueError(f"cannot add {type(module).__name__} {name!r}: it contains its parent")
-        owner = _backend_owner([*self.modules(), *module.modules()])
+        owner = backend_owner([*self.modules(), *module.modules()])
         self.__dict__.pop(name, None)
         self._modules[name] = module
         if owner is not None:
@@ -195,7 +137,7 @@ class Module:
                     # ``self.w = self.add_parameter("w", ...)`` or a new value sets the parameter itself:
                     # a plain attribute would hide every value training gives it
                     if value is not own[name]:
-                        self._load(kind, {name: value}, True, False)
+                        load_checked(self, kind, {name: value}, True, False)
                     return
         object.__setattr__(self, name, value)
 
@@ -264,14 +206,6 @@ class Module:
         """How many numbers the parameters hold (those of frozen modules too, unless ``trainable_only``)."""
         return sum(math.prod(p.shape) for p in self.parameters(trainable_only).values())
 
-    def _owners(self, kind: str) -> dict[str, tuple[Module, str]]:
-        store = "_params" if kind == "parameter" else "_buffers"
-        return {
-            prefix + key: (module, key)
-            for prefix, module in self.named_modules()
-            for key in getattr(module, store)
-        }
-
     def load_parameters(
         self, params: Mapping[str, Any], *, check_finite: bool = True, keep_dtype: bool = False
     ) -> None:
@@ -284,7 +218,7 @@ class Module:
         or, with ``keep_dtype=True``, keep their own. Nothing changes unless every
         entry is valid.
         """
-        self._load("parameter", params, check_finite, keep_dtype)
+        load_checked(self, "parameter", params, check_finite, keep_dtype)
 
     def load_buffers(
         self, buffers: Mapping[str, Any], *, check_finite: bool = True, keep_dtype: bool = False
@@ -296,32 +230,7 @@ class Module:
         no NaN or infinity (ValueError); a layer may refuse more (BatchNorm: a
         negative ``running_var``). Nothing changes unless every entry is valid.
         """
-        self._load("buffer", buffers, check_finite, keep_dtype)
-
-    def _load(self, kind: str, values: Mapping[str, Any], finite: bool, keep_dtype: bool) -> None:
-        verb = "load_parameters" if kind == "parameter" else "load_buffers"
-        if not isinstance(values, Mapping):
-            raise TypeError(f"{verb} takes a mapping of name -> array, got {type(values).__name__}")
-        owners = self._owners(kind)
-        unknown = [k for k in values if k not in owners]
-        if unknown:
-            raise KeyError(f"unknown {kind} names {unknown}; this model has {list(owners)}")
-        new = {}
-        for full, value in values.items():
-            module, key = owners[full]
-            old = (module._params if kind == "parameter" else module._buffers)[key]
-            xp = module._backend.xp
-            floating = xp.isdtype(old.dtype, "real floating")
-            check_real(f"{kind} {full!r}", value, floating=floating)
-            arr = module._backend.asarray(value, None if keep_dtype else old.dtype, copy=True)
-            if tuple(arr.shape) != tuple(old.shape):
-                raise ValueError(f"{kind} {full!r} has shape {tuple(old.shape)}, got {tuple(arr.shape)}")
-            if finite and floating:
-                check_finite(f"{kind} {full!r}", arr, xp)
-            if kind == "buffer":
-                module.check_buffer(key, arr, f"buffer {full!r}")
-            new[full] = arr
-        self._assign(kind, new)
+        load_checked(self, "buffer", buffers, check_finite, keep_dtype)
 
     def assign_parameters(self, params: Mapping[str, Any]) -> None:
         """Rebind parameters to these arrays as they are: no checks, no copies.
@@ -330,25 +239,11 @@ class Module:
         model's own (same backend, shapes and dtypes); use :meth:`load_parameters`
         for anything else. Unknown names are a KeyError.
         """
-        self._assign("parameter", params)
+        assign(self, "parameter", params)
 
     def assign_buffers(self, buffers: Mapping[str, Any]) -> None:
         """Rebind buffers to these arrays as they are (see :meth:`assign_parameters`)."""
-        self._assign("buffer", buffers)
-
-    def _assign(self, kind: str, values: Mapping[str, Any]) -> None:
-        store = "_params" if kind == "parameter" else "_buffers"
-        left = len(values)
-        for prefix, module in self.named_modules():
-            own = getattr(module, store)
-            for key in own:
-                full = prefix + key
-                if full in values:
-                    own[key] = values[full]
-                    left -= 1
-        if left:
-            known = set(self._owners(kind))
-            raise KeyError(f"unknown {kind} names {[k for k in values if k not in known]}")
+        assign(self, "buffer", buffers)
 
     def check_buffer(self, key: str, value: Any, label: str) -> None:
         """Refuse a value for buffer ``key`` this layer cannot use (ValueError naming ``label``)."""
@@ -520,14 +415,14 @@ class Module:
         self.check_input_kind(x)
         dtype = self.compute_dtype()
         if isinstance(x, tuple):
-            items = tuple(_one_input(self._backend, f"x[{i}]", xi, dtype) for i, xi in enumerate(x))
+            items = tuple(one_input(self._backend, f"x[{i}]", xi, dtype) for i, xi in enumerate(x))
             if not items:
                 raise ValueError("x is an empty tuple; a model with several inputs takes one array per input")
             if all(xi.ndim == 1 for xi in items):
                 return tuple(xi[None, ...] for xi in items), True
             check_same_samples("x", items)
             return items, False
-        x = _one_input(self._backend, "x", x, dtype)
+        x = one_input(self._backend, "x", x, dtype)
         if x.ndim == 1:
             return x[None, ...], True
         return x, False
@@ -536,14 +431,14 @@ class Module:
         """Apply the module to a batch (first axis: samples) or to one sample (a 1-D array)."""
         x, single = self._input(x)
         y = self.apply(x, True)[0] if self.training else self.infer(x)
-        return _first(y) if single else y
+        return first_sample(y) if single else y
 
     def forward(self, x: Any) -> Any:
         """Like calling the module, and keep what ``backward`` needs."""
         x, single = self._input(x)
         y, self.__dict__["_backward"] = self.apply(x, self.training)
         self.__dict__["_single"] = single
-        return _first(y) if single else y
+        return first_sample(y) if single else y
 
     def backward(self, dy: Any) -> Any:
         """Gradient with respect to the last ``forward``'s input; stores parameter gradients."""
@@ -558,40 +453,40 @@ class Module:
             dy = tuple(d[None, ...] for d in dy) if isinstance(dy, tuple) else dy[None, ...]
         dx, grads = self._backward(dy)
         self.store_gradients(grads)
-        return _first(dx) if self._single else dx
+        return first_sample(dx) if self._single else dx
 
     def store_gradients(self, grads: Mapping[str, Any]) -> None:
         """Keep ``grads`` (nested as a backward returns them, or dotted) for :meth:`gradients`."""
         for module in self.modules():
             module.__dict__["_grads"] = {}
-        flat = _flat_keys(grads)
+        flat = flatten(grads)
         for prefix, module in self.named_modules():
             module.__dict__["_grads"] = {k: flat[prefix + k] for k in module._params if prefix + k in flat}
 
     # ------------------------------------------------------------ training API (see portnn.training)
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Train on ``X, y``; see :func:`portnn.fit`."""
-        return _workflow("fit")(self, X, y, **kwargs)
+        return workflow("fit")(self, X, y, **kwargs)
 
     def predict(self, X: Any, batch_size: int | None = None, **kwargs: Any) -> Any:
         """Outputs in inference mode, as arrays of the model's backend; see :func:`portnn.predict`."""
-        return _workflow("predict")(self, X, batch_size=batch_size, **kwargs)
+        return workflow("predict")(self, X, batch_size=batch_size, **kwargs)
 
     def evaluate(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Mean loss (and metrics) on ``X, y``; see :func:`portnn.evaluate`."""
-        return _workflow("evaluate")(self, X, y, **kwargs)
+        return workflow("evaluate")(self, X, y, **kwargs)
 
     def predict_proba(self, X: Any, batch_size: int | None = None) -> Any:
         """Class probabilities; see :func:`portnn.predict_proba`."""
-        return _workflow("predict_proba")(self, X, batch_size=batch_size)
+        return workflow("predict_proba")(self, X, batch_size=batch_size)
 
     def predict_classes(self, X: Any, batch_size: int | None = None) -> Any:
         """Predicted class labels; see :func:`portnn.predict_classes`."""
-        return _workflow("predict_classes")(self, X, batch_size=batch_size)
+        return workflow("predict_classes")(self, X, batch_size=batch_size)
 
     def save(self, path: Any) -> None:
         """Save architecture, parameters and optimizer state to ``path``; see :func:`portnn.load`."""
-        _workflow("save")(self, path)
+        workflow("save")(self, path)
 
     def summary(self, input_shape: Any = None, file: Any = _STDOUT) -> Any:
         """A table of every module: name, type, output shape, parameter count; see :mod:`portnn.nn.summary`.
@@ -617,63 +512,3 @@ class Module:
 
     def _repr_args(self) -> str:
         return ""
-
-
-def map_arrays(model: Module, backend: Backend, convert: Callable[[str, Module, Any], Any]) -> None:
-    """Put every module of ``model`` on ``backend``, each parameter and buffer replaced by
-    ``convert(prefix, module, name_and_array)``; in place (use it on a copy), gradients dropped.
-
-    What tracing (ONNX export) needs: the same tree, computing in another namespace.
-    """
-    for prefix, module in model.named_modules():
-        module.__dict__.update(
-            _backend=backend,
-            _params={k: convert(prefix, module, (k, v)) for k, v in module._params.items()},
-            _buffers={k: convert(prefix, module, (k, v)) for k, v in module._buffers.items()},
-            _grads={},
-            _backward=None,
-        )
-
-
-def _backend_owner(modules: list[Module]) -> Backend | None:
-    """The backend of the modules that hold arrays; a ValueError if they are on several."""
-    owners = [m._backend for m in modules if m._params or m._buffers]
-    names = sorted({str(b) for b in owners})
-    if len(names) > 1:
-        raise ValueError(f"the modules are on different backends {names}; move them with module.to(name) first")
-    return owners[0] if owners else None
-
-
-def _flat_keys(grads: Mapping[str, Any]) -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in grads.items():
-        if isinstance(value, Mapping):
-            flat.update((f"{key}.{k}", v) for k, v in _flat_keys(value).items())
-        else:
-            flat[key] = value
-    return flat
-
-
-def _first(y: Any) -> Any:
-    return tuple(_first(v) for v in y) if isinstance(y, tuple) else y[0, ...]
-
-
-def _ready(backend: Backend, x: Any, dtype: Any) -> bool:
-    """Whether ``x`` is already a usable input: the backend's array, dtype, not 0-D, not empty.
-
-    The common case of calling a model on its own arrays skips the full checks.
-    """
-    return (
-        dtype is not None
-        and _library_name(x) == backend
-        and x.dtype == dtype
-        and x.ndim >= 1
-        and all(x.shape)
-        and (backend.device is None or x.device == backend.device)
-    )
-
-
-def _one_input(backend: Backend, name: str, x: Any, dtype: Any) -> Any:
-    if _ready(backend, x, dtype):
-        return x
-    return as_input(backend, name, x, dtype, ndims=None)
