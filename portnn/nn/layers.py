@@ -272,6 +272,9 @@ class _Activation(Module):
     def _grad(self, x: Any, y: Any) -> Any:
         raise NotImplementedError
 
+    def infer(self, x: Any) -> Any:
+        return self._f(x)
+
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         y = self._f(x)
 
@@ -282,6 +285,9 @@ class _Activation(Module):
 
 
 class Identity(_Activation):
+    def _f(self, x: Any) -> Any:
+        return x
+
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         return x, lambda dy, need_dx=True: (dy, {})
 
@@ -324,6 +330,9 @@ class Tanh(_Activation):
 
 
 class ReLU(_Activation):
+    def _f(self, x: Any) -> Any:
+        return self.xp.maximum(x, 0.0)
+
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         y = xp.maximum(x, 0.0)
@@ -413,6 +422,9 @@ class Softplus(_Activation):
 
 class Softmax(_Activation):
     """Softmax over the last axis (shifted by the row maximum: never overflows)."""
+
+    def _f(self, x: Any) -> Any:
+        return F.softmax(x, xp=self.xp)
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp

@@ -392,9 +392,12 @@ class Module:
     # ------------------------------------------------------------ calling
     def compute_dtype(self) -> Any:
         """The floating dtype inputs are cast to: that of the first parameter, else None."""
-        for module in self.modules():
-            for value in module._params.values():
-                return value.dtype
+        for value in self._params.values():
+            return value.dtype
+        for child in self._modules.values():  # on every call of the model: no generators
+            dtype = child.compute_dtype()
+            if dtype is not None:
+                return dtype
         return None
 
     def check_input_kind(self, x: Any, name: str = "x") -> None:
@@ -412,20 +415,18 @@ class Module:
 
     def _input(self, x: Any) -> tuple[Any, bool]:
         """``x`` checked and on the backend, as a batch; whether it was one sample (1-D)."""
-        self.check_input_kind(x)
         dtype = self.compute_dtype()
-        if isinstance(x, tuple):
-            items = tuple(one_input(self._backend, f"x[{i}]", xi, dtype) for i, xi in enumerate(x))
-            if not items:
-                raise ValueError("x is an empty tuple; a model with several inputs takes one array per input")
-            if all(xi.ndim == 1 for xi in items):
-                return tuple(xi[None, ...] for xi in items), True
-            check_same_samples("x", items)
-            return items, False
-        x = one_input(self._backend, "x", x, dtype)
-        if x.ndim == 1:
-            return x[None, ...], True
-        return x, False
+        if not isinstance(x, tuple):
+            x = one_input(self._backend, "x", x, dtype)
+            return (x[None, ...], True) if x.ndim == 1 else (x, False)
+        self.check_input_kind(x)
+        items = tuple(one_input(self._backend, f"x[{i}]", xi, dtype) for i, xi in enumerate(x))
+        if not items:
+            raise ValueError("x is an empty tuple; a model with several inputs takes one array per input")
+        if all(xi.ndim == 1 for xi in items):
+            return tuple(xi[None, ...] for xi in items), True
+        check_same_samples("x", items)
+        return items, False
 
     def __call__(self, x: Any) -> Any:
         """Apply the module to a batch (first axis: samples) or to one sample (a 1-D array)."""
