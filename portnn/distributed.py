@@ -62,6 +62,7 @@ import numpy as np  # host side only: MPI buffers and the shuffling order's shar
 
 from ._checks import positive_number
 from .backend import dtype_name, to_numpy
+from .data import n_samples
 
 __all__ = ["DataParallel", "DistributedError", "rank", "world_size"]
 
@@ -390,7 +391,7 @@ class DataParallel:
                     pass
             self._handlers_set = True
         total, lo, hi = self._span
-        local = int(xb.shape[0])
+        local = n_samples(xb)
         if local:
             value, grads, pred = compute()
         else:  # a batch smaller than the number of ranks: nothing to compute here

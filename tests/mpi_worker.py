@@ -87,6 +87,29 @@ def scenario_ok():
             "expected_steps": reference.optimizer_state["step"],
         }
 
+    # a tree: two inputs, a frozen branch and a residual block train as in one process
+    def tree(seed):
+        frozen = pn.Dense(4, 8, seed=seed + 1, dtype="float64").freeze()
+        block = pn.Sequential(pn.Dense(8, 8, seed=seed + 2, dtype="float64"), pn.Tanh())
+        branches = pn.Parallel(pn.Sequential(pn.Dense(6, 8, seed=seed, dtype="float64"), pn.Tanh()), frozen)
+        return pn.Sequential(branches, pn.Add(), pn.Residual(block), pn.Dense(8, 3, seed=seed + 3, dtype="float64"))
+
+    Xb = np.random.default_rng(4).normal(size=(len(X), 4))
+    kwargs = dict(loss="cross_entropy", epochs=3, batch_size=17, seed=7, verbose=0)
+    model = tree(10 + 100 * RANK)
+    history = model.fit((X, Xb), y, optimizer=pn.AdamW(lr=0.01), distributed=True, **kwargs)
+    reference = tree(10)
+    expected = reference.fit((X, Xb), y, optimizer=pn.AdamW(lr=0.01), **kwargs)
+    results["equal"]["tree_two_inputs_frozen_branch"] = {
+        "max_difference": max_difference(model.parameters(), reference.parameters()),
+        "parameters": host(model.parameters()),
+        "history": history.history,
+        "expected_history": expected.history,
+        "steps": model.optimizer_state["step"],
+        "expected_steps": reference.optimizer_state["step"],
+    }
+    results["frozen_unchanged"] = host({"w": model[0][1].weight}) == host({"w": tree(10)[0][1].weight})
+
     # broadcast alone: no epochs, rank 1's own weights replaced by rank 0's
     model = mlp(10 + 100 * RANK)
     before = host(model.parameters())

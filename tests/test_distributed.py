@@ -75,6 +75,13 @@ def test_two_ranks_train_the_weights_of_one_process(ok_run):
             np.testing.assert_allclose(one["history"][key], values, rtol=1e-10, atol=1e-12, err_msg=f"{name} {key}")
 
 
+def test_a_tree_with_two_inputs_and_a_frozen_branch_trains_data_parallel(ok_run):
+    _, (r0, r1) = ok_run
+    assert "tree_two_inputs_frozen_branch" in r0["equal"]  # compared with one process above
+    # the frozen branch keeps rank 0's initial weights on every rank
+    assert r0["frozen_unchanged"] and r1["frozen_unchanged"]
+
+
 def test_parameters_are_broadcast_from_rank_0(ok_run):
     _, (r0, r1) = ok_run
     before0, before1 = arrays(r0["broadcast"]["before"]), arrays(r1["broadcast"]["before"])
