@@ -5,10 +5,12 @@ ONNX code of its own: :func:`export_onnx` runs the model's ordinary inference
 forward pass on `ndonnx <https://ndonnx.readthedocs.io>`_ arrays, whose
 operations record an ONNX graph instead of computing, and writes that graph.
 
-The input is an ndonnx *argument* of shape ``(batch_dim, features)`` with a
-symbolic first dimension, so one exported file takes any number of rows. The
-parameters and buffers (e.g. BatchNorm's running statistics) become constants
-of the graph. The model runs in inference mode: dropout is the identity and
+The input is an ndonnx *argument* of shape ``(batch_dim, *input_shape)`` with a
+symbolic first dimension, so one exported file takes any number of samples; a
+model with several inputs (a tuple of arrays, as :class:`~portnn.Parallel`
+takes) gets one graph input per array, and a model with several outputs one
+graph output per array. The parameters and buffers (e.g. BatchNorm's running
+statistics) become constants of the graph. The model runs in inference mode: dropout is the identity and
 batch normalization uses its running statistics, exactly as in
 :meth:`~portnn.Module.predict`.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import numbers
 import os
 import re
 from typing import Any
@@ -44,6 +47,7 @@ def export_onnx(
     path: str | os.PathLike[str],
     batch_dim: str = "N",
     *,
+    input_shape: Any = None,
     in_features: int | None = None,
     dtype: Any = None,
     input_name: str = "input",
@@ -52,7 +56,7 @@ def export_onnx(
     """Write ``model``'s inference forward pass to ``path`` as an ONNX model.
 
     The forward pass is traced with ndonnx: the model runs on an ndonnx input
-    of shape ``(batch_dim, in_features)`` whose first dimension is symbolic,
+    of shape ``(batch_dim, *input_shape)`` whose first dimension is symbolic,
     with its parameters and buffers copied in as constants, and every
     operation it performs becomes a node of the graph. The model itself is not
     changed (a copy is traced), and it may live on any backend: its arrays are
@@ -60,37 +64,58 @@ def export_onnx(
 
     The exported graph computes what :meth:`~portnn.Module.predict`
     computes, in inference mode (dropout off, batch normalization with its
-    running statistics), for a 2-D batch of any number of rows. Run it with
+    running statistics), for a batch of any number of samples. Run it with
     onnxruntime::
 
         import onnxruntime as ort
         session = ort.InferenceSession("model.onnx")
-        (y,) = session.run(None, {"input": X})   # X: (n, in_features), the model's dtype
+        (y,) = session.run(None, {"input": X})   # X: (n, *input_shape), the model's dtype
+
+    A model with several inputs (``input_shape`` a tuple of per-sample shapes,
+    such as ``Sequential(Parallel(net_a, net_b), Concatenate(), head)``) has
+    one graph input per array, named ``f"{input_name}_{i}"`` (``"input_0"``,
+    ``"input_1"``, ...), in the order of the model's input tuple. Likewise a
+    model whose output is a tuple of arrays has the graph outputs
+    ``f"{output_name}_{i}"`` (nested tuples: ``"output_0_1"``, ...); a model
+    with one output has the one output ``output_name``.
 
     The file is written to a temporary file in the same directory and renamed
     onto ``path``, so a failed export leaves any previous file intact.
 
-    :param model: a :class:`~portnn.Module` (typically a
-        :class:`~portnn.Sequential`).
+    :param model: a :class:`~portnn.Module`: any tree of modules (a
+        :class:`~portnn.Sequential`, a :class:`~portnn.Parallel`, a layer of
+        your own, ...).
     :param path: the file to write (``str`` or ``os.PathLike``), by convention
         ending in ``.onnx``. Its directory must exist.
-    :param batch_dim: the name of the symbolic batch dimension (of the input
-        and of the output), a Python-style identifier.
-    :param in_features: the number of input features. By default it is read
-        from the model's first Dense, BatchNorm or LayerNorm; it is needed only
-        for models that start with a layer whose width portnn cannot tell (a
-        model of activations alone, or a custom layer).
-    :param dtype: the dtype of the graph's input, ``"float32"``, ``"float64"``
+    :param batch_dim: the name of the symbolic batch dimension (of every input
+        and output), a Python-style identifier.
+    :param input_shape: the per-sample shape of the input, without the batch
+        axis: ``(in_features,)``, ``(T, F)`` for sequences, ``(1, 28, 28)`` for
+        images; for a model with several inputs a tuple of such shapes, such as
+        ``((3,), (4,))``. By default :meth:`~portnn.Module.input_shape` of the
+        model (what its first Dense, BatchNorm or LayerNorm takes, per branch
+        for a Parallel); it is needed for models that start with a layer whose
+        input shape portnn cannot tell (activations, Flatten, Reshape, a
+        Concatenate without branches, a layer of your own), and for samples of
+        more than one axis. A shape the model states is checked: the last axis
+        for a layer that acts on the last axis (Dense, the norms), the whole
+        shape otherwise.
+    :param in_features: the number of input features, the same as
+        ``input_shape=(in_features,)``.
+    :param dtype: the dtype of the graph's inputs, ``"float32"``, ``"float64"``
         or ``"float16"``. By default the dtype the model computes in: that of
         its parameters, float32 for a model without parameters. Another dtype
         is cast to that one on the way in, as :meth:`~portnn.Module.predict`
         casts its input; the output keeps the model's dtype.
-    :param input_name: the name of the graph's input.
-    :param output_name: the name of the graph's output.
+    :param input_name: the name of the graph's input (the prefix of the names
+        of several inputs).
+    :param output_name: the name of the graph's output (the prefix of the
+        names of several outputs).
     :raises TypeError: if ``model`` is not a Module or an argument has the
         wrong type.
-    :raises ValueError: for a bad ``batch_dim``, ``in_features``, ``dtype`` or
-        name.
+    :raises ValueError: for a bad ``batch_dim``, ``input_shape``,
+        ``in_features``, ``dtype`` or name, or an input shape the model
+        does not take.
     :raises OSError: if ``path`` cannot be written (its directory is missing or
         read-only, or ``path`` is a directory); checked before anything is
         traced or written.
@@ -109,20 +134,20 @@ def export_onnx(
     output_name = _check_name("output_name", output_name)
     if input_name == output_name:
         raise ValueError(f"input_name and output_name must differ, both are {input_name!r}")
-    width = _check_in_features(model, in_features)
+    shapes, several = _check_input_shape(model, input_shape, in_features)
     compute = model.compute_dtype()
     model_dtype = dtype_name(compute) if compute is not None else "float32"  # as predict computes
     input_dtype = _check_dtype(dtype, model_dtype)
     _check_writable(path)
 
     ndx = _ndonnx()
-    proto = _trace(ndx, model, width, batch_dim, input_dtype, model_dtype, input_name, output_name)
+    graph_inputs = (shapes, several, input_dtype, model_dtype)
+    proto = _trace(ndx, model, graph_inputs, batch_dim, input_name, output_name)
     try:
         data = proto.SerializeToString()
     except ValueError as e:  # protobuf's 2 GB limit
         raise ExportError(
-            f"the ONNX model is too large to write as one file ({e}); "
-            "ONNX files hold at most 2 GB"
+            f"the ONNX model is too large to write as one file ({e}); ONNX files hold at most 2 GB"
         ) from None
     _atomic_write(path, lambda: data)
 
@@ -135,8 +160,7 @@ def _ndonnx() -> Any:
         import ndonnx
     except ImportError as e:
         raise ImportError(
-            f"ONNX export needs ndonnx (and onnxruntime to run the exported file): {_INSTALL} "
-            f"({e})"
+            f"ONNX export needs ndonnx (and onnxruntime to run the exported file): {_INSTALL} ({e})"
         ) from e
     return ndonnx
 
@@ -181,6 +205,95 @@ def _check_in_features(model: Module, in_features: Any) -> int:
     return int(in_features)
 
 
+Shapes = tuple[tuple[int, ...], ...]
+
+
+def _check_input_shape(model: Module, input_shape: Any, in_features: Any) -> tuple[Shapes, bool]:
+    """(the per-sample shape of each graph input, whether the model takes a tuple of inputs)."""
+    if in_features is not None:
+        width = _check_in_features(model, in_features)
+        one = (((width,),), False)
+        if input_shape is not None and _parse_shapes("input_shape", input_shape) != one:
+            raise ValueError(
+                f"in_features={width} and input_shape={input_shape!r} disagree; pass one of them"
+            )
+        return one
+    if input_shape is None:
+        stated = model.input_shape()
+        if stated is None:
+            raise ValueError(
+                f"cannot tell the input shape of {type(model).__name__} (it does not start with a Dense, "
+                "BatchNorm or LayerNorm); pass input_shape= (the shape of one sample), or, for samples "
+                "of one axis, pass in_features="
+            )
+        return _parse_shapes(f"{type(model).__name__}.input_shape()", stated)
+    shapes, several = _parse_shapes("input_shape", input_shape)
+    _check_against_model(model, shapes, several)
+    return shapes, several
+
+
+def _parse_shapes(argument: str, value: Any) -> tuple[Shapes, bool]:
+    """``(3,)`` -> (((3,),), False); ``((3,), (4, 2))`` -> (((3,), (4, 2)), True); checked."""
+    if _is_int(value):
+        value = (value,)
+    if not isinstance(value, tuple | list) or not value:
+        error = ValueError if isinstance(value, tuple | list) else TypeError
+        raise error(
+            f"{argument} must be the shape of one sample, such as (5,) or (1, 28, 28), or a tuple of "
+            f"such shapes for several inputs; got {value!r}"
+        )
+    if all(_is_int(d) for d in value):
+        return (_one_shape(argument, value),), False
+    if all(isinstance(v, tuple | list) for v in value):
+        return tuple(_one_shape(f"{argument}[{i}]", v) for i, v in enumerate(value)), True
+    raise TypeError(
+        f"{argument} must hold either integers (one input) or shapes (several inputs); got {value!r}"
+    )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _one_shape(argument: str, value: Any) -> tuple[int, ...]:
+    if not value:
+        raise ValueError(f"{argument} must be a non-empty tuple of integers, got {value!r}")
+    if not all(_is_int(d) for d in value):
+        raise TypeError(f"{argument} must be a tuple of integers, got {value!r}")
+    if any(d < 1 for d in value):
+        raise ValueError(f"{argument} must hold sizes >= 1, got {tuple(value)!r}")
+    return tuple(int(d) for d in value)
+
+
+def _check_against_model(model: Module, shapes: Shapes, several: bool) -> None:
+    """A shape given for a model that states its own: the same number of inputs, and each
+    the stated shape (only its last axis, for a layer that states one axis: Dense, the norms)."""
+    try:
+        stated, stated_several = _parse_shapes("input_shape()", model.input_shape())
+    except (TypeError, ValueError):
+        return  # the model states nothing (or nothing readable): the trace tells
+    if several != stated_several or len(shapes) != len(stated):
+        gives = f"{len(shapes)} inputs" if several else "one input"
+        takes = f"{len(stated)} inputs {stated}" if stated_several else f"one input {stated[0]}"
+        raise ValueError(
+            f"input_shape={_show(shapes, several)} gives {gives}, "
+            f"but {type(model).__name__} takes {takes}"
+        )
+    for i, (given, known) in enumerate(zip(shapes, stated)):
+        fits = given[-1] == known[0] if len(known) == 1 else given == known
+        if not fits:
+            where = f" for input {i}" if several else ""
+            raise ValueError(
+                f"input_shape={_show(shapes, several)} but {type(model).__name__} takes samples of "
+                f"shape {known}{where}"
+                + (" (any leading axes, that last axis)" if len(known) == 1 else "")
+            )
+
+
+def _show(shapes: Shapes, several: bool) -> str:
+    return repr(shapes if several else shapes[0])
+
+
 def _model_width(model: Module) -> int | None:
     """The input width the model states (:meth:`Module.input_shape`), for a 1-D sample shape."""
     shape = model.input_shape()
@@ -222,43 +335,62 @@ def _check_writable(path: str) -> None:
 def _trace(
     ndx: Any,
     model: Module,
-    width: int,
+    graph_inputs: tuple[Shapes, bool, str, str],
     batch_dim: str,
-    input_dtype: str,
-    model_dtype: str,
     input_name: str,
     output_name: str,
 ) -> Any:
-    from . import __version__
+    from ._version import __version__
 
+    shapes, several, input_dtype, model_dtype = graph_inputs
     traced = _traceable_copy(ndx, model)
-    x = ndx.argument(shape=(batch_dim, width), dtype=getattr(ndx, input_dtype))
-    h = x
+    xs = [
+        ndx.argument(shape=(batch_dim, *shape), dtype=getattr(ndx, input_dtype)) for shape in shapes
+    ]
+    hs = xs
     if model_dtype != input_dtype:
-        h = ndx.astype(h, getattr(ndx, model_dtype))  # as predict casts its input
-    # the model's inference forward pass, as model(x) runs it in eval mode on a 2-D batch
-    y = traced.infer(h)
-    if not isinstance(y, ndx.Array):
-        raise ExportError(
-            f"{_label('', model)} returned {type(y).__name__}, not a traced array; "
-            "it cannot be exported"
+        hs = [ndx.astype(h, getattr(ndx, model_dtype)) for h in xs]  # as predict casts its input
+    # the model's inference forward pass, as model(x) runs it in eval mode on a batch
+    y = traced.infer(tuple(hs) if several else hs[0])
+    outputs = _graph_outputs(ndx, model, y, output_name)
+    inputs = {f"{input_name}_{i}": x for i, x in enumerate(xs)} if several else {input_name: xs[0]}
+    clash = sorted(set(inputs) & set(outputs))
+    if clash:
+        raise ValueError(
+            f"the graph's input and output names clash ({clash}); choose another input_name or output_name"
         )
     try:
-        proto = ndx.build({input_name: x}, {output_name: y})
+        proto = ndx.build(inputs, outputs)
     except Exception as e:  # noqa: BLE001 -- reported with what was being exported
         raise ExportError(f"could not build the ONNX graph of {_label('', model)}: {e}") from e
 
-    out_shape = proto.graph.output[0].type.tensor_type.shape
-    first = out_shape.dim[0] if out_shape.dim else None
-    if first is not None and not first.dim_param and not first.HasField("dim_value"):
-        # a layer maps each row to a row (Module.__call__ relies on it): the output's first
-        # axis is the input's batch dimension, which ONNX's shape inference lost on the way
-        first.dim_param = batch_dim
+    for output in proto.graph.output:
+        out_shape = output.type.tensor_type.shape
+        first = out_shape.dim[0] if out_shape.dim else None
+        if first is not None and not first.dim_param and not first.HasField("dim_value"):
+            # a layer maps each sample to a sample (Module.__call__ relies on it): the output's first
+            # axis is the input's batch dimension, which ONNX's shape inference lost on the way
+            first.dim_param = batch_dim
     proto.producer_name = "portnn"
     proto.producer_version = __version__
     proto.graph.name = type(model).__name__
     proto.doc_string = f"exported by portnn {__version__} with ndonnx:\n{model!r}"
     return proto
+
+
+def _graph_outputs(ndx: Any, model: Module, y: Any, name: str) -> dict[str, Any]:
+    """Output name -> traced array: ``name`` for one array, ``name_0``, ``name_1``, ... for a tuple."""
+    if isinstance(y, ndx.Array):
+        return {name: y}
+    if isinstance(y, tuple | list) and y:
+        outputs: dict[str, Any] = {}
+        for i, yi in enumerate(y):
+            outputs.update(_graph_outputs(ndx, model, yi, f"{name}_{i}"))
+        return outputs
+    raise ExportError(
+        f"{_label('', model)} returned {type(y).__name__}, not a traced array (or a tuple of them); "
+        "it cannot be exported"
+    )
 
 
 def _traceable_copy(ndx: Any, model: Module) -> Module:
@@ -277,7 +409,11 @@ def _traceable_copy(ndx: Any, model: Module) -> Module:
         clone = copy.deepcopy(model, memo)
     except Exception as e:  # noqa: BLE001 -- e.g. an attribute that cannot be copied
         raise ExportError(f"cannot copy {_label('', model)} to trace it: {e}") from e
-    map_arrays(clone, Backend("ndonnx", ndx), lambda prefix, module, item: _constant(ndx, item[1], _label(prefix, module), item[0]))
+    map_arrays(
+        clone,
+        Backend("ndonnx", ndx),
+        lambda prefix, module, item: _constant(ndx, item[1], _label(prefix, module), item[0]),
+    )
     for prefix, module in clone.named_modules():
         label = _label(prefix, module)
         module.training = False
@@ -317,12 +453,19 @@ def _named(ndx: Any, method: Any, label: str, *, pair: bool) -> Any:
                 "(bool(), float(), .item(), conversion to NumPy)"
             ) from e
         y = result[0] if pair and isinstance(result, tuple) else result
-        if not isinstance(y, ndx.Array):
+        if not _traced(ndx, y):
             raise ExportError(
                 f"{label} cannot be exported to ONNX: its forward pass returned "
-                f"{type(y).__name__}, not an array of its namespace (self.xp); "
+                f"{type(y).__name__}, not an array of its namespace (self.xp) or a tuple of them; "
                 "it must not convert to NumPy or another library"
             )
         return result
 
     return traced
+
+
+def _traced(ndx: Any, y: Any) -> bool:
+    """Whether ``y`` is a traced array, or a (nested) non-empty tuple of them."""
+    if isinstance(y, tuple | list):
+        return bool(y) and all(_traced(ndx, v) for v in y)
+    return isinstance(y, ndx.Array)
