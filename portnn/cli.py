@@ -289,6 +289,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="name of the symbolic batch dimension (default: N)",
     )
+    export.add_argument(
+        "--input-shape",
+        default=None,
+        metavar="SHAPE",
+        help="the shape of one sample, e.g. 1,28,28; several inputs separated by ';', e.g. '3;4' "
+        "(default: what the model's first layer takes)",
+    )
     export.set_defaults(backend=None, threads=1)
     return parser
 
@@ -799,19 +806,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .backend import dtype_name
-    from .export import _check_batch_dim, _model_width, export_onnx
+    from .export import _check_batch_dim, export_onnx
 
     model = _load_model(args.model, "numpy")  # exporting reads the arrays on the host anyway
     _check_batch_dim(args.batch_dim)
+    shape = _input_shape(args.input_shape) if args.input_shape is not None else model.input_shape()
     _check_output("OUT", args.out)  # as train --out and predict --out
-    export_onnx(model, args.out, batch_dim=args.batch_dim)
+    export_onnx(model, args.out, batch_dim=args.batch_dim, input_shape=shape)
     dtype = model.compute_dtype()
-    shape = f"({args.batch_dim}, {_model_width(model)})"
+    shapes = shape if shape and isinstance(shape[0], tuple) else (shape,)
+    names = ["input"] if len(shapes) == 1 else [f"input_{i}" for i in range(len(shapes))]
+    inputs = ", ".join(
+        f"'{name}' of shape ({', '.join([args.batch_dim, *map(str, s or ('?',))])})" for name, s in zip(names, shapes)
+    )
     print(
-        f"wrote {args.out}: input 'input' of shape {shape}, "
+        f"wrote {args.out}: input{'s' if len(shapes) > 1 else ''} {inputs}, "
         f"{dtype_name(dtype) if dtype is not None else 'float32'}; output 'output'"
     )
     return 0
+
+
+def _input_shape(text: str) -> tuple:
+    """``--input-shape``: ``"1,28,28"`` -> (1, 28, 28); ``"3;4"`` -> ((3,), (4,))."""
+    try:
+        shapes = tuple(tuple(int(d) for d in part.split(",")) for part in text.split(";"))
+    except ValueError:
+        raise CommandError(f"--input-shape must be sizes separated by ',' (inputs by ';'), e.g. 1,28,28; got {text!r}") from None
+    if any(d < 1 for s in shapes for d in s):
+        raise CommandError(f"--input-shape sizes must be >= 1, got {text!r}")
+    return shapes[0] if len(shapes) == 1 else shapes
 
 
 COMMANDS = {

@@ -501,6 +501,29 @@ def test_cli_export(ort, tmp_path, saved, capsys):
     assert_matches(ort, out, model, "float32")
 
 
+def test_cli_export_of_a_two_input_model_and_of_samples_with_several_axes(ort, tmp_path, capsys):
+    from portnn.cli import main
+
+    two = pn.Sequential(pn.Parallel(pn.Dense(3, 2, seed=0), pn.Dense(4, 2, seed=1)), pn.Concatenate(), pn.Dense(4, 2, seed=2))
+    pn.save(two, tmp_path / "two.safetensors")
+    assert main(["export", str(tmp_path / "two.safetensors"), str(tmp_path / "two.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "inputs 'input_0' of shape (N, 3), 'input_1' of shape (N, 4)" in out
+    session = ort.InferenceSession(str(tmp_path / "two.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input_0", "input_1"]
+
+    flat = pn.Sequential(pn.Flatten(), pn.Dense(12, 2, seed=0))  # its first layer does not tell the shape
+    pn.save(flat, tmp_path / "flat.safetensors")
+    assert main(["export", str(tmp_path / "flat.safetensors"), str(tmp_path / "flat.onnx")]) == 2
+    assert "input_shape" in capsys.readouterr().err
+    assert main(["export", str(tmp_path / "flat.safetensors"), str(tmp_path / "flat.onnx"), "--input-shape", "3,4"]) == 0
+    assert "input 'input' of shape (N, 3, 4)" in capsys.readouterr().out
+    X = np.random.default_rng(0).normal(size=(5, 3, 4)).astype(np.float32)
+    assert_close(run_onnx(ort, tmp_path / "flat.onnx", X), pn.to_numpy(flat.predict(X)), "float32", X)
+    assert main(["export", str(tmp_path / "flat.safetensors"), str(tmp_path / "x.onnx"), "--input-shape", "3,x"]) == 2
+    assert "--input-shape must be sizes" in capsys.readouterr().err and not (tmp_path / "x.onnx").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "fragment"),
     [
