@@ -772,3 +772,17 @@ def test_summary_prints_the_table_once_and_returns_it(capsys):
     printed = capsys.readouterr().out
     assert printed.strip() == str(summary) and "Total parameters: 26" in printed
     assert repr(summary) == "<Summary of 4 modules: 26 parameters (26 trainable, 0 frozen)>"
+
+
+def test_a_module_sits_in_one_place_of_a_tree(rng):
+    dense = pn.Dense(3, 3, seed=0)
+    for build in (lambda: pn.Parallel(dense, dense), lambda: pn.Sequential(dense, pn.Residual(dense)),
+                  lambda: pn.Add(pn.Sequential(dense), dense)):
+        with pytest.raises(ValueError, match="is in the model already.*copy"):
+            build()
+    model = pn.Parallel(dense, dense.copy())  # a copy is a module of its own
+    assert model.num_parameters() == 2 * dense.num_parameters()
+    assert len(list(model.parameters())) == 4
+    relu = pn.ReLU()  # a layer without arrays may serve twice
+    twice = pn.Sequential(pn.Dense(3, 4, seed=0), relu, pn.Dense(4, 2, seed=1), relu)
+    assert twice(rng.normal(size=(2, 3))).shape == (2, 2)

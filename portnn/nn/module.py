@@ -111,6 +111,16 @@ class Module:
         check_name("module", name, self)
         if any(m is self for m in module.modules()):
             raise ValueError(f"cannot add {type(module).__name__} {name!r}: it contains its parent")
+        replaced = self._modules.get(name)
+        present = {id(m) for child_name, child in self._modules.items() if child_name != name for m in child.modules()}
+        # a stateless layer (an activation) may serve twice; one with arrays would be trained twice
+        shared = [m for m in module.modules() if id(m) in present and (m._params or m._buffers)]
+        if shared and replaced is not module:
+            raise ValueError(
+                f"cannot add {type(module).__name__} {name!r}: {type(shared[0]).__name__} is in the model already; "
+                "a module sits in one place of a tree (sharing weights between places is not supported): "
+                "use module.copy() for a second, independent one"
+            )
         owner = backend_owner([*self.modules(), *module.modules()])
         self.__dict__.pop(name, None)
         self._modules[name] = module
