@@ -57,6 +57,18 @@ def max_difference(a, b):
     return max(float(np.max(np.abs(pn.to_numpy(a[k]) - pn.to_numpy(b[k])))) for k in a)
 
 
+def compared(model, history, reference, expected):
+    """What a data-parallel run gave, beside the one-process run it must equal."""
+    return {
+        "max_difference": max_difference(model.parameters(), reference.parameters()),
+        "parameters": host(model.parameters()),
+        "history": history.history,
+        "expected_history": expected.history,
+        "steps": model.optimizer_state["step"],
+        "expected_steps": reference.optimizer_state["step"],
+    }
+
+
 def scenario_ok():
     X, y = data()
     Xv, yv = data(30, seed=1)
@@ -78,14 +90,7 @@ def scenario_ok():
         history = model.fit(X, y, optimizer=make_opt(), distributed=True, **kwargs)
         reference = mlp(10, dropout, l2)
         expected = reference.fit(X, y, optimizer=make_opt(), **kwargs)
-        results["equal"][name] = {
-            "max_difference": max_difference(model.parameters(), reference.parameters()),
-            "parameters": host(model.parameters()),
-            "history": history.history,
-            "expected_history": expected.history,
-            "steps": model.optimizer_state["step"],
-            "expected_steps": reference.optimizer_state["step"],
-        }
+        results["equal"][name] = compared(model, history, reference, expected)
 
     # a tree: two inputs, a frozen branch and a residual block train as in one process
     def tree(seed):
@@ -100,14 +105,7 @@ def scenario_ok():
     history = model.fit((X, Xb), y, optimizer=pn.AdamW(lr=0.01), distributed=True, **kwargs)
     reference = tree(10)
     expected = reference.fit((X, Xb), y, optimizer=pn.AdamW(lr=0.01), **kwargs)
-    results["equal"]["tree_two_inputs_frozen_branch"] = {
-        "max_difference": max_difference(model.parameters(), reference.parameters()),
-        "parameters": host(model.parameters()),
-        "history": history.history,
-        "expected_history": expected.history,
-        "steps": model.optimizer_state["step"],
-        "expected_steps": reference.optimizer_state["step"],
-    }
+    results["equal"]["tree_two_inputs_frozen_branch"] = compared(model, history, reference, expected)
     results["frozen_unchanged"] = host({"w": model[0][1].weight}) == host({"w": tree(10)[0][1].weight})
 
     # broadcast alone: no epochs, rank 1's own weights replaced by rank 0's
