@@ -148,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--dataset",
             required=True,
             metavar="NAME|PATH",
-            help="digits, moons, spirals, xor, seed8, or a .csv/.npz file",
+            help="digits, mnist5k, moons, spirals, xor, seed8, or a .csv/.npz file",
         )
         p.add_argument(
             "--target",

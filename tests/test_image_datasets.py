@@ -222,3 +222,24 @@ def test_images_takes_true_or_false(bad):
 def test_unknown_names_suggest_mnist5k():
     with pytest.raises(ValueError, match=r"did you mean 'mnist5k'"):
         load_dataset("mnist5")
+
+
+# ---------------------------------------------------------------- the command
+
+
+def test_cli_lists_and_trains_on_mnist5k(capsys):
+    from portnn.cli import main
+
+    assert main(["train", "--help"]) == 0
+    assert "mnist5k" in " ".join(capsys.readouterr().out.split())
+    _mnist()
+    args = "train --dataset mnist5k --hidden 32 --epochs 1 --batch-size 100 --verbose 0"
+    assert main(args.split()) == 0
+    out = capsys.readouterr().out
+    assert "mnist5k: 4000 train / 1000 test samples" in out
+    accuracy = float(out.split("test accuracy: ")[1].split()[0])
+    assert accuracy > 0.6, out  # one epoch of an MLP on real digits; chance is 0.1
+    # the fixed split is kept: another --test-size is a one-line error, not another split
+    assert main(args.split() + ["--test-size", "0.3"]) == 2
+    err = capsys.readouterr().err
+    assert "fixed split" in err and len(err.strip().splitlines()) == 1
