@@ -69,6 +69,16 @@ EXAMPLES: dict[str, Example] = {
     "BatchNorm": lambda: (_randomized(pn.BatchNorm(4, eps=1e-3)), _x(4)),
     "LayerNorm": lambda: (_randomized(pn.LayerNorm(4)), _x(3, 4)),
     "Dropout": lambda: (pn.Dropout(0.4, seed=3), _x(3, 4)),
+    "Conv2D": lambda: (
+        pn.Conv2D(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, seed=0),
+        _x(4, 7, 6),
+    ),
+    "Conv1D": lambda: (pn.Conv1D(3, 4, 4, padding="same", dilation=2, seed=0), _x(3, 9)),
+    "MaxPool2D": lambda: (pn.MaxPool2D(3, stride=2, padding=1), _x(2, 7, 6)),
+    "AvgPool2D": lambda: (pn.AvgPool2D((3, 2), stride=(2, 1), padding=1), _x(2, 7, 6)),
+    "GlobalAvgPool2D": lambda: (pn.GlobalAvgPool2D(), _x(3, 4, 5)),
+    "MaxPool1D": lambda: (pn.MaxPool1D(2), _x(3, 9)),
+    "AvgPool1D": lambda: (pn.AvgPool1D(3, stride=2, padding=1), _x(3, 8)),
     "Sequential": lambda: (
         _randomized(
             pn.Sequential(pn.Dense(4, 5, seed=0), pn.ReLU(), pn.LayerNorm(5), pn.Dense(5, 2))
@@ -112,6 +122,42 @@ MORE_EXAMPLES: dict[str, Example] = {
     "Sequential on (N, T, F)": lambda: (
         pn.Sequential(pn.Dense(4, 5, seed=0), pn.GELU(), pn.Flatten(), pn.Dense(15, 2)),
         _x(3, 4),
+    ),
+    "Conv2D without bias, 'same' with an even kernel": lambda: (
+        pn.Conv2D(2, 3, (2, 4), padding="same", bias=False, seed=0),
+        _x(2, 5, 6),
+    ),
+    "Conv1D depthwise, strided": lambda: (pn.Conv1D(3, 6, 3, stride=2, groups=3, seed=0), _x(3, 10)),
+    "MaxPool2D and AvgPool2D by reshaping": lambda: (
+        pn.Sequential(pn.MaxPool2D(2), pn.Tanh(), pn.AvgPool2D((1, 2))),
+        _x(2, 9, 8),
+    ),
+    "a CNN with BatchNorm over channels": lambda: (
+        _randomized(
+            pn.Sequential(
+                pn.Conv2D(2, 4, 3, padding=1, seed=0),
+                pn.BatchNorm(4),
+                pn.ReLU(),
+                pn.MaxPool2D(2),
+                pn.Conv2D(4, 3, 2, seed=1),
+                pn.GlobalAvgPool2D(),
+                pn.Dense(3, 2, seed=2),
+            )
+        ),
+        _x(2, 6, 6),
+    ),
+    "a 1-D CNN with BatchNorm over channels": lambda: (
+        _randomized(
+            pn.Sequential(
+                pn.Conv1D(3, 4, 3, seed=0),
+                pn.BatchNorm(4),
+                pn.ReLU(),
+                pn.AvgPool1D(2),
+                pn.Flatten(),
+                pn.Dense(12, 2, seed=1),
+            )
+        ),
+        _x(3, 8),
     ),
 }
 

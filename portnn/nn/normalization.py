@@ -12,6 +12,7 @@ as buffers, which ``to()`` moves and ``copy()`` copies.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Mapping
 from typing import Any
@@ -185,15 +186,18 @@ def _check_generator_state(state: Mapping[str, Any], bit_generator: Any) -> None
 
 
 class BatchNorm(_Affine):
-    """Batch normalization of 2-D input ``(samples, features)``, like ``torch.nn.BatchNorm1d``.
+    """Batch normalization, like ``torch.nn.BatchNorm1d`` and ``BatchNorm2d``.
 
-    In training mode each feature is normalized with the batch mean and
+    It takes 2-D input ``(samples, features)``, and normalizes the channel axis
+    (axis 1) of 3-D ``(N, C, L)`` and 4-D ``(N, C, H, W)`` input, with statistics
+    over every other axis (``BatchNorm1d`` on 3-D, ``BatchNorm2d`` on 4-D input).
+    In training mode each feature (channel) is normalized with the batch mean and
     (biased) variance, and the running statistics are updated as
     ``running = (1 - momentum) * running + momentum * batch_statistic``, with the
     unbiased batch variance for ``running_var``. In inference mode the running
     statistics are used. The output is ``x_hat * weight + bias``.
 
-    :param features: number of input features.
+    :param features: number of input features (channels of 3-D and 4-D input).
     :param momentum: weight of the new batch statistic in the running statistics, in [0, 1].
     :param eps: added to the variance before the square root.
     :param dtype: dtype name of parameters and running statistics (default ``"float32"``).
@@ -241,9 +245,7 @@ class BatchNorm(_Affine):
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         if x.ndim != 2:
-            raise ValueError(
-                f"{self.name} expects 2-D input (samples, features), got shape {tuple(x.shape)}"
-            )
+            return self._apply_channels(x, training)
         check_features(self.name, self.features, x)
         w = self._params["weight"]
         b = self._params["bias"]
@@ -278,6 +280,56 @@ class BatchNorm(_Affine):
                     dx_hat
                     - xp.mean(dx_hat, axis=0)
                     - x_hat * xp.mean(dx_hat * x_hat, axis=0)
+                )
+            else:
+                dx = dx_hat * inv
+            return dx, grads
+
+        return y, backward
+
+    def _apply_channels(self, x: Any, training: bool) -> tuple[Any, Backward]:
+        """3-D and 4-D input: one statistic per channel (axis 1), over every other axis."""
+        xp = self.xp
+        c = self.features
+        if x.ndim not in (3, 4) or x.shape[1] != c:
+            raise ValueError(
+                f"{self.name} expects 2-D input (samples, {c} features), or 3-D (N, C, L) or 4-D "
+                f"(N, C, H, W) input with C = {c} channels; got shape {tuple(x.shape)}"
+            )
+        axes = (0, *range(2, x.ndim))
+        per_channel = (c,) + (1,) * (x.ndim - 2)  # broadcasts against (N, C, ...)
+        w = xp.reshape(self._params["weight"], per_channel)
+        b = xp.reshape(self._params["bias"], per_channel)
+        if training:
+            n = math.prod(x.shape[i] for i in axes)
+            if n < 2:
+                raise ValueError(
+                    f"{self.name} needs more than 1 value per channel in training mode, "
+                    f"got input shape {tuple(x.shape)}"
+                )
+            mean = xp.mean(x, axis=axes)
+            xc = x - xp.reshape(mean, per_channel)
+            var = xp.mean(xc * xc, axis=axes)
+            self._update_running(mean, var * (n / (n - 1)))
+        else:
+            var = self._buffers["running_var"]
+            xc = x - xp.reshape(self._buffers["running_mean"], per_channel)
+        inv = xp.reshape(1.0 / xp.sqrt(var + self.eps), per_channel)
+        x_hat = xc * inv
+        y = x_hat * w + b
+        frozen = not self._trainable
+
+        def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
+            grads = {} if frozen else {"weight": xp.sum(dy * x_hat, axis=axes), "bias": xp.sum(dy, axis=axes)}
+            if not need_dx:
+                return None, grads
+            dx_hat = dy * w
+            if training:
+                # through the batch mean and variance as well
+                dx = inv * (
+                    dx_hat
+                    - xp.mean(dx_hat, axis=axes, keepdims=True)
+                    - x_hat * xp.mean(dx_hat * x_hat, axis=axes, keepdims=True)
                 )
             else:
                 dx = dx_hat * inv
