@@ -8,10 +8,11 @@ first in row-major order gets the gradient, as in PyTorch. Average pooling
 pads with zeros that count in the average (PyTorch's ``count_include_pad=True``).
 
 Only the Array API standard: a pooling whose kernel equals its stride, without
-padding, reshapes ``(N, C, H, W)`` to ``(N, C, H_out, k, W_out, k)`` and reduces
-(the rows and columns a window never reaches are cut first); any other one
-takes one strided slice of the padded input per kernel offset (the plans of
-:mod:`portnn.nn.conv`), and its backward adds them back.
+padding, reshapes ``(N, C, H, W)`` to ``(N, C, H_out, k, W_out, k)`` (the rows and
+columns a window never reaches are cut first) and reduces the views of its kernel
+offsets elementwise; its backward writes each offset's share into that shape.
+Any other one takes one strided slice of the padded input per kernel offset (the
+plans of :mod:`portnn.nn.conv`), and its backward adds them back.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
+
+import array_api_compat
+import array_api_extra as xpx
 
 from .conv import WindowPlan, add_windows, check_input, pad, plan_for, sizes, too_small, window_plan
 from .module import Backward, Module
@@ -32,11 +36,11 @@ class _PoolPlan(NamedTuple):
     reshape: bool  # kernel == stride, no padding: windows by reshaping
     cut: tuple[slice, ...] | None  # rows/columns no window reaches, cut before reshaping
     blocks: tuple[int, ...]  # (C, out_0, k_0, out_1, k_1, ...) of the reshape
-    window_axes: tuple[int, ...]  # the k axes of that reshape
+    block_taps: tuple[tuple[Any, ...], ...]  # per kernel offset (row-major), its view of the blocks
 
 
 class _Pool(Module):
-    """A pooling over ``_nd`` spatial axes; subclasses give the reduction and its backward."""
+    """A pooling over ``_nd`` spatial axes; subclasses reduce the windows and give the backward."""
 
     _nd = 2
     _fill = 0.0  # what padding holds
@@ -89,48 +93,61 @@ class _Pool(Module):
                 reached = zip(window.out, self.kernel_size)
                 cut = (slice(None), slice(None)) + tuple(slice(0, o * k) for o, k in reached)
             blocks = (shape[0],) + tuple(v for o, k in zip(window.out, self.kernel_size) for v in (o, k))
-            axes = tuple(3 + 2 * i for i in range(nd))
-            return _PoolPlan(window, reshape, cut, blocks, axes)
+            block_taps = tuple(
+                (slice(None), slice(None)) + tuple(v for o in offsets for v in (slice(None), o))
+                for offsets in itertools.product(*(range(k) for k in self.kernel_size))
+            )
+            return _PoolPlan(window, reshape, cut, blocks, block_taps)
 
         check_input(self, x, nd, None)
         return plan_for(self, x, make)
 
     def _shaped(self, y: Any, plan: _PoolPlan) -> Any:
-        """``y`` with its static shape stated (ONNX shape inference loses it in reductions)."""
+        """``y`` with its static shape stated (ONNX shape inference loses it on the way)."""
         return self.xp.reshape(y, (-1, plan.blocks[0], *plan.window.out))
 
     def _blocks(self, x: Any, plan: _PoolPlan) -> Any:
-        """``x`` as ``(N, C, out_0, k_0, out_1, k_1, ...)`` (the reshaping path)."""
+        """The reshaping path: ``x`` as ``(N, C, out_0, k_0, out_1, k_1, ...)``."""
         if plan.cut is not None:
             x = x[plan.cut]
         return self.xp.reshape(x, (-1, *plan.blocks))
 
-    def _taps(self, x: Any, plan: _PoolPlan) -> list[Any]:
-        """One strided slice of the padded input per kernel offset (the general path)."""
-        window = plan.window
-        xp_ = pad(self.xp, x, window.pads, self._fill) if window.interior is not None else x
-        return [xp_[tap] for tap in window.taps]
+    def _reduce_blocks(self, blocks: Any, op: Any) -> Any:
+        """``op`` over each window of the blocks, one window axis at a time from the last
+        (elementwise over views: NumPy's reductions over small strided axes are far slower)."""
+        y = blocks
+        for axis in reversed(range(self._nd)):
+            at = 3 + 2 * axis
+            views = [y[(slice(None),) * at + (j, ...)] for j in range(self.kernel_size[axis])]
+            y = views[0]
+            for v in views[1:]:
+                y = op(y, v)
+        return y
 
-    def _unblock(self, d_blocks: Any, plan: _PoolPlan, x: Any) -> Any:
-        """A gradient of shape ``(N, C, out_0, k_0, ...)`` as the input's (zeros where no window reached)."""
+    def _place(self, parts: list[Any], plan: _PoolPlan, like: Any) -> Any:
+        """The input gradient from each kernel offset's share (``(N, C, *out)`` each), written
+        into the blocks' shape at its view (zeros where no window reached)."""
         xp = self.xp
+        n = parts[0].shape[0]
+        blocks = xp.empty((n, *plan.blocks), dtype=parts[0].dtype, device=array_api_compat.device(like))
+        if array_api_compat.is_writeable_array(blocks):
+            for tap, part in zip(plan.block_taps, parts):
+                blocks[tap] = part
+        else:
+            for tap, part in zip(plan.block_taps, parts):
+                blocks = xpx.at(blocks, tap).set(part, xp=xp)
         covered = tuple(o * k for o, k in zip(plan.window.out, self.kernel_size))
-        dx = xp.reshape(d_blocks, (-1, plan.blocks[0], *covered))
+        dx = xp.reshape(blocks, (n, plan.blocks[0], *covered))
         if plan.cut is not None:
-            dx = pad(xp, dx, tuple((0, n - c) for n, c in zip(plan.window.size, covered)), 0.0)
+            dx = pad(xp, dx, tuple((0, s - c) for s, c in zip(plan.window.size, covered)), 0.0)
         return dx
 
-    def _grid(self, parts: list[Any]) -> Any:
-        """Per-offset gradients (row-major over the kernel, each ``(N, C, *out)``) as blocks."""
-        xp = self.xp
-        nd = self._nd
-        # nest the offsets from the last kernel axis outwards: stack each at its k axis
-        grid: Any = parts
-        for axis in reversed(range(nd)):
-            k = self.kernel_size[axis]
-            target = 3 + axis  # right after out_axis (the k axes of later axes are in place already)
-            grid = [xp.stack(grid[i : i + k], axis=target) for i in range(0, len(grid), k)]
-        return grid[0]
+    def _windows(self, x: Any, plan: _PoolPlan) -> list[Any]:
+        """The general path: one strided slice of the padded input per kernel offset, each
+        ``(N, C, *out)``: what that offset meets in every window."""
+        window = plan.window
+        padded = pad(self.xp, x, window.pads, self._fill) if window.interior is not None else x
+        return [padded[tap] for tap in window.taps]
 
 
 def _show(t: tuple[int, ...]) -> Any:
@@ -143,60 +160,48 @@ def _show(t: tuple[int, ...]) -> Any:
 class _MaxPool(_Pool):
     _fill = -math.inf
 
-    def infer(self, x: Any) -> Any:
+    def _max(self, x: Any, plan: _PoolPlan) -> tuple[Any, Any]:
+        """(the output, the blocks or the windows it came from)."""
         xp = self.xp
-        plan = self._plan(x)
         if plan.reshape:
-            return self._shaped(xp.max(self._blocks(x, plan), axis=plan.window_axes), plan)
-        taps = self._taps(x, plan)
-        y = taps[0]
-        for t in taps[1:]:
-            y = xp.maximum(y, t)
-        return self._shaped(y, plan)
+            blocks = self._blocks(x, plan)
+            return self._shaped(self._reduce_blocks(blocks, xp.maximum), plan), blocks
+        windows = self._windows(x, plan)
+        y = windows[0]
+        for w in windows[1:]:
+            y = xp.maximum(y, w)
+        return self._shaped(y, plan), windows
+
+    def infer(self, x: Any) -> Any:
+        return self._max(x, self._plan(x))[0]
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         plan = self._plan(x)
-        if plan.reshape:
-            blocks = self._blocks(x, plan)
-            y = xp.max(blocks, axis=plan.window_axes)
-            index = [slice(None)] * (2 + 2 * self._nd)
-            taps = []
-            for offsets in _offsets(self.kernel_size):
-                for axis, o in zip(plan.window_axes, offsets):
-                    index[axis] = o
-                taps.append(blocks[tuple(index)])
-        else:
-            taps = self._taps(x, plan)
-            y = taps[0]
-            for t in taps[1:]:
-                y = xp.maximum(y, t)
-        y = self._shaped(y, plan)
+        y, seen = self._max(x, plan)
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             if not need_dx:
                 return None, {}
             # the first maximum of each window, in row-major order, takes the gradient (as PyTorch)
+            windows = [seen[tap] for tap in plan.block_taps] if plan.reshape else seen
             parts, taken = [], None
-            for t in taps:
-                hit = t == y
+            for i, w in enumerate(windows):
+                hit = w == y
                 if taken is None:
-                    first, taken = hit, hit
+                    first = taken = hit
                 else:
                     first = hit & ~taken
-                    taken = taken | hit
+                    if i + 1 < len(windows):
+                        taken = taken | hit
                 part = xp.astype(first, dy.dtype)
                 part *= dy
                 parts.append(part)
             if plan.reshape:
-                return self._unblock(self._grid(parts), plan, x), {}
+                return self._place(parts, plan, x), {}
             return add_windows(xp, parts, plan.window, x), {}
 
         return y, backward
-
-
-def _offsets(kernel: tuple[int, ...]) -> list[tuple[int, ...]]:
-    return list(itertools.product(*(range(k) for k in kernel)))
 
 
 class MaxPool2D(_MaxPool):
@@ -220,18 +225,19 @@ class MaxPool1D(_MaxPool):
 
 
 class _AvgPool(_Pool):
-    def infer(self, x: Any) -> Any:
-        return self._mean(x, self._plan(x))
-
     def _mean(self, x: Any, plan: _PoolPlan) -> Any:
         xp = self.xp
         if plan.reshape:
-            return self._shaped(xp.mean(self._blocks(x, plan), axis=plan.window_axes), plan)
-        taps = self._taps(x, plan)
-        y = taps[0]
-        for t in taps[1:]:
-            y = y + t
-        return self._shaped(y * (1.0 / len(taps)), plan)
+            y = self._reduce_blocks(self._blocks(x, plan), xp.add)
+        else:
+            windows = self._windows(x, plan)
+            y = windows[0]
+            for w in windows[1:]:
+                y = y + w
+        return self._shaped(y * (1.0 / math.prod(self.kernel_size)), plan)
+
+    def infer(self, x: Any) -> Any:
+        return self._mean(x, self._plan(x))
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
@@ -244,9 +250,7 @@ class _AvgPool(_Pool):
                 return None, {}
             share = dy * scale
             if plan.reshape:
-                expanded = share[(slice(None), slice(None)) + (slice(None), None) * self._nd]
-                blocks = xp.broadcast_to(expanded, (dy.shape[0], *plan.blocks))
-                return self._unblock(blocks, plan, x), {}
+                return self._place([share] * len(plan.block_taps), plan, x), {}
             return add_windows(xp, [share] * len(plan.window.taps), plan.window, x), {}
 
         return y, backward
