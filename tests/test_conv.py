@@ -138,6 +138,10 @@ def test_one_layer_takes_inputs_of_several_sizes(torch, backend):
     rng = np.random.default_rng(0)
     for n, size in [(3, (8, 8)), (2, (9, 7)), (1, (8, 8)), (4, (5, 6)), (3, (9, 7))]:
         _check_against_torch(torch, backend, layer, rng.normal(size=(n, 2, *size)), seed=n)
+    # more sizes than a layer keeps plans for, and the first ones again
+    layer = pn.Conv1D(2, 2, 3, padding=1, seed=0, dtype=F64)
+    for length in [*range(3, 24), 3, 4]:
+        _check_against_torch(torch, backend, layer, rng.normal(size=(2, 2, length)), seed=length)
 
 
 def test_a_frozen_convolution_gives_no_parameter_gradients(torch, backend):

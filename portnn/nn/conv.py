@@ -35,7 +35,7 @@ from .module import Backward, Module
 
 __all__ = ["Conv1D", "Conv2D", "WindowPlan"]
 
-_PLANS_KEPT = 16  # input shapes whose plans a layer keeps (the last batch of an epoch is often smaller)
+_PLANS_KEPT = 16  # per-sample input shapes a layer keeps the plans of (then it starts afresh)
 _SPATIAL = {1: "(N, C, L)", 2: "(N, C, H, W)"}
 
 
@@ -144,7 +144,7 @@ def plan_for(layer: Module, x: Any, make: Any) -> Any:
     if plan is None:
         plan = make(key)
         if len(plans) >= _PLANS_KEPT:
-            plans.pop(next(iter(plans)))
+            plans.clear()  # one step, safe while another thread (predict during fit) reads
         plans[key] = plan
     return plan
 
