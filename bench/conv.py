@@ -289,6 +289,8 @@ def matmul_floor(repeats: int = 20) -> dict:
 
 
 def run_contender(contender: str, epochs: int) -> dict:
+    if contender == "floor":
+        return matmul_floor()
     X, y = _data()
     seconds = {"portnn": _portnn, "torch": _torch, "book": _book}[contender](X, y, epochs)
     steps = epochs * (len(X) // BATCH)
@@ -303,9 +305,13 @@ def run_contender(contender: str, epochs: int) -> dict:
 TUNED_MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(256 << 20), "MALLOC_TRIM_THRESHOLD_": str(512 << 20)}
 
 
-def _in_child(contender: str, epochs: int, tuned_malloc: bool = False) -> dict | None:
+def _in_child(contender: str, epochs: int, tuned_malloc: bool = False, threads: int | None = None) -> dict | None:
     cmd = [sys.executable, __file__, "--child", contender, str(epochs)]
-    env = {**os.environ, **TUNED_MALLOC} if tuned_malloc else None
+    env = dict(os.environ)
+    if tuned_malloc:
+        env.update(TUNED_MALLOC)
+    if threads:  # NumPy's BLAS and PyTorch's intra-op pool alike
+        env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         if "ModuleNotFoundError" in done.stderr:
@@ -321,17 +327,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--epochs", type=int, default=2, help="timed epochs (20 steps each) per run")
     parser.add_argument("--tuned-malloc", action="store_true",
                         help="run every contender with glibc's mmap threshold raised (" + ", ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for every contender (OMP/OpenBLAS/MKL_NUM_THREADS; default: the libraries' own)")
     parser.add_argument("--child", nargs=2, metavar=("CONTENDER", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         print(json.dumps(run_contender(args.child[0], int(args.child[1]))))
         return
     rounds, epochs = (1, 1) if args.quick else (args.rounds, args.epochs)
-    floor = matmul_floor()
+    floor = _in_child("floor", 0, args.tuned_malloc, args.threads)  # under the contenders' settings
     runs: dict[str, list[dict]] = {}
     for _ in range(rounds):
         for contender in CONTENDERS:
-            r = _in_child(contender, epochs, args.tuned_malloc)
+            r = _in_child(contender, epochs, args.tuned_malloc, args.threads)
             if r is not None:
                 runs.setdefault(contender, []).append(r)
     result = {
@@ -343,6 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"SimpleConvNet (conv 30x5x5 - ReLU - pool 2x2 - affine 100 - ReLU - affine 10), batch {BATCH}, "
           f"28x28, Adam; {platform.processor() or platform.machine()}, {cpu} cores, NumPy {np.__version__}; "
           f"medians of {rounds} rounds x {epochs * N_TRAIN // BATCH} steps"
+          + (f"; {args.threads} thread(s) each" if args.threads else "")
           + ("; glibc malloc tuned (" + ", ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")" if args.tuned_malloc else "")
           + "\n")
     print("| contender | ms / step | vs PyTorch | peak RSS (MiB) |")
