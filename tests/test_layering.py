@@ -63,7 +63,7 @@ def import_graph() -> dict[str, set[str]]:
 
 
 def level(name: str) -> int:
-    if name in ENTRY:
+    if name in ENTRY or name.startswith("portnn.cli."):
         return 3
     if name == "portnn.nn" or name.startswith("portnn.nn."):
         return 1
