@@ -37,7 +37,7 @@ def no_training(monkeypatch):
     def built(*args, **kwargs):
         raise AssertionError("a model was built before the arguments were checked")
 
-    monkeypatch.setattr(cli, "_build_model", built)
+    monkeypatch.setattr(cli.commands, "_build", built)
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ def test_out_in_a_folder_that_cannot_be_written_is_refused(
     def refused(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cli.tempfile, "mkstemp", refused)
+    monkeypatch.setattr(cli.files.tempfile, "mkstemp", refused)
     code, _, err = run(capsys, "train --dataset seed8 --out", tmp_path / "model.safetensors")
     assert_refused(code, err, "--out", "cannot write in", "Permission denied")
 
@@ -102,7 +102,7 @@ def test_predict_and_export_outputs_are_checked_first(
     def predicted(*args, **kwargs):
         raise AssertionError("predicted before --out was checked")
 
-    monkeypatch.setattr(cli, "_predicted_classes", predicted)
+    monkeypatch.setattr(cli.commands, "_predicted_classes", predicted)
     np.save(tmp_path / "x.npy", np.zeros((3, 2)))
     x = tmp_path / "x.npy"
     code, _, err = run(capsys, "predict", model_file, "--input", x, "--out", tmp_path)
