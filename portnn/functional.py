@@ -14,7 +14,9 @@ from array_api_compat import array_namespace, device
 
 __all__ = [
     "binary_cross_entropy",
+    "binary_cross_entropy_terms",
     "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_terms",
     "cross_entropy",
     "elu",
     "elu_derivative",
@@ -220,7 +222,13 @@ def binary_cross_entropy(prob: Any, target: Any, *, xp: Any = None) -> Any:
     of exactly 0 or 1 gives a large finite loss instead of infinity.
     """
     xp = _ns(prob, xp, target)
-    return -xp.mean(target * _clamped_log(prob, xp) + (1.0 - target) * _clamped_log(1.0 - prob, xp))
+    return xp.mean(binary_cross_entropy_terms(prob, target, xp=xp))
+
+
+def binary_cross_entropy_terms(prob: Any, target: Any, *, xp: Any = None) -> Any:
+    """Binary cross-entropy of each element (unreduced; weighted losses sum these)."""
+    xp = _ns(prob, xp, target)
+    return -(target * _clamped_log(prob, xp) + (1.0 - target) * _clamped_log(1.0 - prob, xp))
 
 
 def _clamped_log(p: Any, xp: Any) -> Any:
@@ -232,5 +240,10 @@ def _clamped_log(p: Any, xp: Any) -> Any:
 def binary_cross_entropy_with_logits(logits: Any, target: Any, *, xp: Any = None) -> Any:
     """Binary cross-entropy of logits (sigmoid fused in), stable for any finite logits."""
     xp = _ns(logits, xp, target)
-    loss = xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))
-    return xp.mean(loss)
+    return xp.mean(binary_cross_entropy_with_logits_terms(logits, target, xp=xp))
+
+
+def binary_cross_entropy_with_logits_terms(logits: Any, target: Any, *, xp: Any = None) -> Any:
+    """Binary cross-entropy of each element's logit (unreduced; weighted losses sum these)."""
+    xp = _ns(logits, xp, target)
+    return xp.maximum(logits, 0.0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))
