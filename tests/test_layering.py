@@ -21,6 +21,7 @@ PACKAGE = Path(portnn.__file__).parent
 FOUNDATION = {
     "_checks", "_guard", "_rwlock", "_signals", "_tree", "_version", "backend", "data",
     "datasets", "functional", "init", "losses", "metrics", "optimizers", "progress", "weights",
+    "metric_base", "class_scores",
 }
 ENTRY = {"portnn", "portnn.__main__", "portnn.cli"}
 
