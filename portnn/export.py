@@ -222,9 +222,9 @@ def _check_input_shape(model: Module, input_shape: Any, in_features: Any) -> tup
         stated = model.input_shape()
         if stated is None:
             raise ValueError(
-                f"cannot tell the input shape of {type(model).__name__} (it does not start with a Dense, "
-                "BatchNorm or LayerNorm); pass input_shape= (the shape of one sample), or, for samples "
-                "of one axis, pass in_features="
+                f"cannot tell the input shape of {type(model).__name__} (it does not start with a Dense "
+                "or LayerNorm, or a BatchNorm and a Dense); pass input_shape= (the shape of one "
+                "sample, e.g. (1, 28, 28)), or, for samples of one axis, pass in_features="
             )
         return _parse_shapes(f"{type(model).__name__}.input_shape()", stated)
     shapes, several = _parse_shapes("input_shape", input_shape)

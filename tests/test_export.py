@@ -575,3 +575,22 @@ def test_python_m_portnn_export(ort, tmp_path, saved):
     )
     assert result.returncode == 0, result.stderr
     assert_matches(ort, out, model, "float32", batch_sizes=(1, 33))
+
+
+def test_a_network_that_starts_by_normalizing_image_channels(ort, tmp_path):
+    # BatchNorm(3) on (N, 3, 8, 8) normalizes axis 1: it fixes no sample shape of its own
+    model = randomize(
+        pn.Sequential(
+            pn.BatchNorm(3), pn.Conv2D(3, 4, 3, seed=0), pn.ReLU(), pn.GlobalAvgPool2D(), pn.Dense(4, 2, seed=1)
+        )
+    )
+    with pytest.raises(ValueError, match=r"pass input_shape= \(the shape of one sample"):
+        pn.export_onnx(model, tmp_path / "m.onnx")
+    pn.export_onnx(model, tmp_path / "m.onnx", input_shape=(3, 8, 8))
+    X = np.random.default_rng(1).random((5, 3, 8, 8), dtype=np.float32)
+    np.testing.assert_allclose(
+        run_onnx(ort, tmp_path / "m.onnx", X), pn.to_numpy(model.predict(X)), rtol=1e-5, atol=1e-6
+    )
+    # in front of a Dense the width is still read past it (2-D input)
+    flat = pn.Sequential(pn.Sequential(pn.BatchNorm(6)), pn.Dense(6, 2))
+    assert flat.input_shape() == (6,)

@@ -64,6 +64,10 @@ class Sequential(_Branches):
     def output_layer(self) -> Module:
         return self[-1].output_layer() if self._modules else self
 
+    @property
+    def preserves_shape(self) -> bool:  # type: ignore[override]
+        return all(layer.preserves_shape for layer in self._modules.values())
+
     def input_shape(self) -> Any:
         for layer in self._modules.values():
             shape = layer.input_shape()

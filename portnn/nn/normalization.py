@@ -234,6 +234,11 @@ class BatchNorm(_Affine):
             if bool(xp.any(value < 0)):
                 raise ValueError(f"{label} is a variance and must be >= 0; it holds negative values")
 
+    def input_shape(self) -> None:
+        # a sample is (C,) or (C, L) or (C, H, W): the features fix no sample shape
+        # (export_onnx takes input_shape=; a Dense after it states the width of 2-D input)
+        return None
+
     @property
     def running_mean(self) -> Any:
         return self._buffers["running_mean"]
