@@ -8,128 +8,140 @@ place that reads them to the host. ``fit(..., metrics=["accuracy"])`` and
 Classification metrics see predicted and true class labels: the argmax of a
 multi-column output, or a threshold on a single column (0.5 for probabilities,
 0 for logits).
+
+What the training loop passes, once per batch, is a :class:`Batch`:
+``Batch(pred, target, xp, logits, weight=None, multilabel=False)``.
+
+* ``weight``: per-sample weights (shape ``(n,)``, ``pred``'s dtype, e.g. the rows
+  of :func:`portnn.weights.sample_weights`). Every metric then equals
+  scikit-learn's with ``sample_weight=``, and a weight of 0 leaves the sample out.
+* ``multilabel``: the columns are independent 0/1 labels (a binary
+  cross-entropy over several outputs; compute it once with :func:`is_multilabel`).
+  Labels are then 0/1 matrices (threshold 0 on logits, 0.5 on probabilities),
+  ``accuracy`` is the per-label accuracy (``binary_accuracy``, what Keras's
+  ``"accuracy"`` means with a binary cross-entropy), ``subset_accuracy`` counts
+  rows with every label right, and precision/recall/F1 are scikit-learn's
+  multi-label scores. Without the flag, ``accuracy`` refuses (at ``result()``)
+  targets with several labels in a row rather than compare their argmaxes.
+
+:func:`predicted_labels` and :func:`predicted_probabilities` give what
+``predict_classes`` and ``predict_proba`` return, multi-label included.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-import array_api_compat
 import numpy as np  # host side only: results are read once per epoch and finished on the host
 
 from . import functional as F
 from ._checks import count, lookup
 from .backend import to_numpy
+from .class_scores import AVERAGES, F1, ConfusionMatrix, Precision, Recall
+from .metric_base import (
+    Batch,
+    Metric,
+    _single_label,
+    is_multilabel,
+    predicted_labels,
+    predicted_probabilities,
+    true_labels,
+)
 
 __all__ = [
+    "F1",
     "MAE",
     "MSE",
     "R2",
     "Accuracy",
+    "BinaryAccuracy",
     "ConfusionMatrix",
-    "F1",
     "Metric",
     "Precision",
     "Recall",
+    "SubsetAccuracy",
     "TopKAccuracy",
     "get_metric",
+    "is_multilabel",
+    "predicted_labels",
+    "predicted_probabilities",
+    "true_labels",
 ]
 
 
-class Metric:
-    """Base class: ``reset()``, ``update(batch)`` per batch, ``result()`` once."""
-
-    name = "metric"
-
-    def reset(self) -> None:
-        self._sums: dict[str, Any] = {}
-
-    def __init__(self) -> None:
-        self.reset()
-
-    def _add(self, key: str, value: Any) -> None:
-        previous = self._sums.get(key)
-        self._sums[key] = value if previous is None else previous + value
-
-    def _sum(self, key: str) -> Any:
-        """A running sum, or a ValueError when no batch has been seen since ``reset()``."""
-        if key not in self._sums:
-            raise ValueError(f"{self.name}: no batches seen yet; call update(batch) before result()")
-        return self._sums[key]
-
-    def update(self, batch: Batch) -> None:
-        raise NotImplementedError
-
-    def result(self) -> Any:
-        raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
-
-
-class Batch:
-    """One batch's outputs and targets, with class labels derived once for every metric."""
-
-    def __init__(self, pred: Any, target: Any, xp: Any, logits: bool) -> None:
-        self.pred = pred
-        self.target = target
-        self.xp = xp
-        self.logits = logits
-        self._labels: tuple[Any, Any] | None = None
-
-    @property
-    def n_classes(self) -> int:
-        return max(2, int(self.pred.shape[-1]))
-
-    def labels(self) -> tuple[Any, Any]:
-        """(predicted, true) integer class labels."""
-        if self._labels is None:
-            self._labels = (
-                predicted_labels(self.pred, self.xp, self.logits),
-                true_labels(self.target, self.xp),
-            )
-        return self._labels
-
-    def target_like_pred(self) -> Any:
-        t = self.target
-        if t.ndim == 1:
-            t = F.one_hot(t, self.pred.shape[-1], self.pred.dtype, xp=self.xp)
-        return t if t.dtype == self.pred.dtype else self.xp.astype(t, self.pred.dtype)
-
-
-def predicted_labels(pred: Any, xp: Any, logits: bool) -> Any:
-    """Argmax of a multi-column output; a threshold on one column (0 for logits, 0.5 else)."""
-    if pred.shape[-1] == 1:
-        return xp.astype(pred[:, 0] > (0.0 if logits else 0.5), _index_dtype(xp, pred))
-    return xp.argmax(pred, axis=-1)
-
-
-def _index_dtype(xp: Any, x: Any) -> Any:
-    """The integer dtype ``argmax`` returns, so binary and multi-class labels share a dtype."""
-    return xp.__array_namespace_info__().default_dtypes(device=array_api_compat.device(x))["indexing"]
-
-
-def true_labels(target: Any, xp: Any) -> Any:
-    if target.ndim == 1:
-        return target
-    if target.shape[-1] == 1:
-        return xp.astype(target[:, 0] > 0.5, _index_dtype(xp, target))
-    return xp.argmax(target, axis=-1)
-
-
 class Accuracy(Metric):
-    """Fraction of samples whose predicted class is the true class."""
+    """Fraction of samples whose predicted class is the true class.
+
+    On a multi-label batch it is the fraction of labels predicted right
+    (:class:`BinaryAccuracy`). Targets with several labels in a row on a batch
+    not marked multi-label make ``result()`` a ValueError: their argmax means nothing.
+    """
 
     name = "accuracy"
 
     def update(self, batch: Batch) -> None:
-        xp = batch.xp
+        if batch.multilabel:
+            _add_per_label_accuracy(self, batch)
+        else:
+            self._update_classes(batch)
+
+    def _update_classes(self, batch: Batch) -> None:
+        xp, dtype = batch.xp, batch.pred.dtype
         predicted, true = batch.labels()
-        self._add("correct", xp.sum(xp.astype(predicted == true, batch.pred.dtype)))
-        self._add("n", true.shape[0])
+        self._add("correct", batch.weighted_sum(xp.astype(predicted == true, dtype)))
+        self._add("n", batch.count())
+        if batch.target.ndim == 2 and batch.target.shape[-1] > 1:
+            several = xp.sum(xp.astype(batch.target > 0.5, dtype), axis=-1) > 1
+            self._add("rows_with_several_labels", xp.sum(xp.astype(several, dtype)))
 
     def result(self) -> float:
-        return float(self._sum("correct")) / self._sum("n")
+        several = self._sums.get("rows_with_several_labels")
+        if several is not None and float(several) > 0:
+            raise ValueError(
+                f"{self.name}: {int(float(several))} target rows hold several labels (multi-label), "
+                "whose argmax means nothing; use 'binary_accuracy' (per label) or 'subset_accuracy', "
+                "or a binary cross-entropy loss, with which 'accuracy' is the per-label accuracy"
+            )
+        return self._ratio("correct", "n")
+
+
+class BinaryAccuracy(Metric):
+    """Fraction of labels predicted right, each output thresholded (0 on logits, 0.5 on
+    probabilities) against ``target > 0.5``: ``1 - hamming_loss`` in scikit-learn's terms."""
+
+    name = "binary_accuracy"
+
+    def update(self, batch: Batch) -> None:
+        _add_per_label_accuracy(self, batch)
+
+    def result(self) -> float:
+        return self._ratio("correct", "n")
+
+
+def _add_per_label_accuracy(metric: Metric, batch: Batch) -> None:
+    xp = batch.xp
+    predicted, true = batch.label_matrices()
+    right = xp.mean(xp.astype(predicted == true, batch.pred.dtype), axis=-1)  # a sample's share right
+    metric._add("correct", batch.weighted_sum(right))
+    metric._add("n", batch.count())
+
+
+class SubsetAccuracy(Accuracy):
+    """Fraction of samples with every label right (scikit-learn's ``accuracy_score`` on
+    multi-label targets); with one label per sample, the accuracy."""
+
+    name = "subset_accuracy"
+
+    def update(self, batch: Batch) -> None:
+        if not batch.multilabel:
+            self._update_classes(batch)
+            return
+        xp = batch.xp
+        predicted, true = batch.label_matrices()
+        right = xp.all(predicted == true, axis=-1)
+        self._add("correct", batch.weighted_sum(xp.astype(right, batch.pred.dtype)))
+        self._add("n", batch.count())
 
 
 class TopKAccuracy(Metric):
@@ -141,6 +153,7 @@ class TopKAccuracy(Metric):
         super().__init__()
 
     def update(self, batch: Batch) -> None:
+        _single_label(self, batch)
         xp = batch.xp
         scores = batch.pred
         _, true = batch.labels()
@@ -148,42 +161,44 @@ class TopKAccuracy(Metric):
         onehot = F.one_hot(true, scores.shape[-1], scores.dtype, xp=xp)
         true_score = xp.sum(scores * onehot, axis=-1, keepdims=True)
         higher = xp.sum(xp.astype(scores > true_score, scores.dtype), axis=-1)
-        self._add("correct", xp.sum(xp.astype(higher < self.k, scores.dtype)))
-        self._add("n", true.shape[0])
+        self._add("correct", batch.weighted_sum(xp.astype(higher < self.k, scores.dtype)))
+        self._add("n", batch.count())
 
     def result(self) -> float:
-        return float(self._sum("correct")) / self._sum("n")
+        return self._ratio("correct", "n")
 
     def __repr__(self) -> str:
         return f"TopKAccuracy(k={self.k})"
 
 
 class MSE(Metric):
-    """Mean squared error over all output elements."""
+    """Mean squared error over all output elements (weighted: scikit-learn's, per sample)."""
 
     name = "mse"
 
     def update(self, batch: Batch) -> None:
         d = batch.pred - batch.target_like_pred()
-        self._add("sse", batch.xp.sum(d * d))
-        self._add("n", int(np.prod(d.shape)))
+        self._add("sse", batch.weighted_sum(batch.xp.sum(d * d, axis=-1)))
+        self._add("n", batch.count())
+        self._outputs = int(d.shape[-1])
 
     def result(self) -> float:
-        return float(self._sum("sse")) / self._sum("n")
+        return self._ratio("sse", "n") / self._outputs
 
 
 class MAE(Metric):
-    """Mean absolute error over all output elements."""
+    """Mean absolute error over all output elements (weighted: scikit-learn's, per sample)."""
 
     name = "mae"
 
     def update(self, batch: Batch) -> None:
         d = batch.pred - batch.target_like_pred()
-        self._add("sae", batch.xp.sum(batch.xp.abs(d)))
-        self._add("n", int(np.prod(d.shape)))
+        self._add("sae", batch.weighted_sum(batch.xp.sum(batch.xp.abs(d), axis=-1)))
+        self._add("n", batch.count())
+        self._outputs = int(d.shape[-1])
 
     def result(self) -> float:
-        return float(self._sum("sae")) / self._sum("n")
+        return self._ratio("sae", "n") / self._outputs
 
 
 class R2(Metric):
@@ -192,16 +207,15 @@ class R2(Metric):
     name = "r2"
 
     def update(self, batch: Batch) -> None:
-        xp = batch.xp
         t = batch.target_like_pred()
         d = batch.pred - t
-        self._add("sse", xp.sum(d * d, axis=0))
-        self._add("sum", xp.sum(t, axis=0))
-        self._add("sum_sq", xp.sum(t * t, axis=0))
-        self._add("n", t.shape[0])
+        self._add("sse", batch.column_sums(d * d))
+        self._add("sum", batch.column_sums(t))
+        self._add("sum_sq", batch.column_sums(t * t))
+        self._add("n", batch.count())
 
     def result(self) -> float:
-        n = self._sum("n")
+        n = float(self._sum("n"))
         sse = to_numpy(self._sum("sse")).astype(np.float64)
         total = to_numpy(self._sum("sum")).astype(np.float64)
         sst = to_numpy(self._sum("sum_sq")).astype(np.float64) - total * total / n
@@ -209,70 +223,11 @@ class R2(Metric):
         return float(np.mean(scores))
 
 
-class ConfusionMatrix(Metric):
-    """Counts ``C[i, j]`` of samples of true class ``i`` predicted as class ``j``."""
-
-    name = "confusion_matrix"
-
-    def update(self, batch: Batch) -> None:
-        xp = batch.xp
-        predicted, true = batch.labels()
-        c = batch.n_classes
-        dtype = batch.pred.dtype
-        counts = xp.matrix_transpose(F.one_hot(true, c, dtype, xp=xp)) @ F.one_hot(
-            predicted, c, dtype, xp=xp
-        )
-        self._add("counts", counts)
-
-    def result(self) -> np.ndarray:
-        return np.rint(to_numpy(self._sum("counts"))).astype(np.int64)
-
-
-class _FromConfusion(ConfusionMatrix):
-    """Macro-averaged scores from a confusion matrix (classes never seen score 0)."""
-
-    def _scores(self) -> tuple[np.ndarray, np.ndarray]:
-        counts = ConfusionMatrix.result(self).astype(np.float64)
-        tp = np.diag(counts)
-        predicted = counts.sum(axis=0)
-        actual = counts.sum(axis=1)
-        precision = np.divide(tp, predicted, out=np.zeros_like(tp), where=predicted > 0)
-        recall = np.divide(tp, actual, out=np.zeros_like(tp), where=actual > 0)
-        return precision, recall
-
-
-class Precision(_FromConfusion):
-    """Macro-averaged precision."""
-
-    name = "precision"
-
-    def result(self) -> float:
-        return float(np.mean(self._scores()[0]))
-
-
-class Recall(_FromConfusion):
-    """Macro-averaged recall."""
-
-    name = "recall"
-
-    def result(self) -> float:
-        return float(np.mean(self._scores()[1]))
-
-
-class F1(_FromConfusion):
-    """Macro-averaged F1 score."""
-
-    name = "f1"
-
-    def result(self) -> float:
-        p, r = self._scores()
-        f1 = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
-        return float(np.mean(f1))
-
-
-METRICS: dict[str, type[Metric]] = {
+METRICS: dict[str, Any] = {
     "accuracy": Accuracy,
     "acc": Accuracy,
+    "binary_accuracy": BinaryAccuracy,
+    "subset_accuracy": SubsetAccuracy,
     "top_k_accuracy": TopKAccuracy,
     "mse": MSE,
     "mae": MAE,
@@ -280,6 +235,11 @@ METRICS: dict[str, type[Metric]] = {
     "precision": Precision,
     "recall": Recall,
     "f1": F1,
+    **{
+        f"{cls.base_name}_{average}": functools.partial(cls, average, name=f"{cls.base_name}_{average}")
+        for cls in (Precision, Recall, F1)
+        for average in AVERAGES
+    },
     "confusion_matrix": ConfusionMatrix,
 }
 
