@@ -1,8 +1,24 @@
-"""Callbacks: code that ``fit`` calls at the start and end of training and of each epoch.
+"""Callbacks: code that ``fit`` calls at the start and end of training, of each epoch and,
+for callbacks that ask for them, of each batch (Keras's hooks and their order).
 
 ``logs`` is a dict of Python floats: ``loss`` and each metric, ``val_`` versions
 when there is validation data, and ``lr``. Setting ``model.stop_training = True``
 ends training after the current epoch.
+
+Batch hooks cost a host read per batch (the logs are floats), so the loops call
+them only for callbacks that implement them: before its loop, ``fit`` (and
+``evaluate``, ``predict``) asks :func:`needs_batch_hooks` once per kind
+(``"train"``, ``"test"``, ``"predict"``) and, where it is False, builds no batch
+logs and makes no batch calls. The contract for the loops:
+
+* ``on_train_batch_begin(batch, logs)`` / ``on_train_batch_end(batch, logs)``: ``batch``
+  is the batch's index within the epoch, from 0 (a resumed epoch continues its count);
+  the end logs hold ``loss``, the mean loss of the epoch's batches so far (as Keras
+  reports it), and ``size``, the batch's rows;
+* ``on_test_begin/end(logs)`` and ``on_test_batch_begin/end(batch, logs)`` around
+  ``evaluate`` and the validation pass at each epoch's end;
+* ``on_predict_begin/end(logs)`` and ``on_predict_batch_begin/end(batch, logs)`` around
+  ``predict``.
 """
 
 from __future__ import annotations
@@ -28,7 +44,15 @@ __all__ = [
     "LambdaCallback",
     "LearningRateScheduler",
     "ModelCheckpoint",
+    "needs_batch_hooks",
 ]
+
+# hook names by loop: a callback list needs per-batch calls of a kind if one of these is implemented
+BATCH_HOOKS: dict[str, tuple[str, ...]] = {
+    "train": ("on_train_batch_begin", "on_train_batch_end", "on_batch_begin", "on_batch_end"),
+    "test": ("on_test_batch_begin", "on_test_batch_end"),
+    "predict": ("on_predict_batch_begin", "on_predict_batch_end"),
+}
 
 
 class Callback:
@@ -53,12 +77,61 @@ class Callback:
 
     def on_train_end(self, logs: dict[str, float]) -> None: ...
 
+    def on_train_batch_begin(self, batch: int, logs: dict[str, float]) -> None:
+        """Before training batch ``batch`` (its index within the epoch, from 0)."""
+        self.on_batch_begin(batch, logs)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, float]) -> None:
+        """After training batch ``batch``; ``logs["loss"]``: the epoch's mean loss so far."""
+        self.on_batch_end(batch, logs)
+
+    def on_batch_begin(self, batch: int, logs: dict[str, float]) -> None:
+        """Keras's older name for :meth:`on_train_batch_begin` (called by it)."""
+
+    def on_batch_end(self, batch: int, logs: dict[str, float]) -> None:
+        """Keras's older name for :meth:`on_train_batch_end` (called by it)."""
+
+    def on_test_begin(self, logs: dict[str, float]) -> None: ...
+
+    def on_test_end(self, logs: dict[str, float]) -> None: ...
+
+    def on_test_batch_begin(self, batch: int, logs: dict[str, float]) -> None: ...
+
+    def on_test_batch_end(self, batch: int, logs: dict[str, float]) -> None: ...
+
+    def on_predict_begin(self, logs: dict[str, float]) -> None: ...
+
+    def on_predict_end(self, logs: dict[str, float]) -> None: ...
+
+    def on_predict_batch_begin(self, batch: int, logs: dict[str, float]) -> None: ...
+
+    def on_predict_batch_end(self, batch: int, logs: dict[str, float]) -> None: ...
+
     def on_interrupt(self, logs: dict[str, float]) -> None:
         """Ctrl-C or SIGTERM stopped training; the model is at the last completed step."""
+
+    def implements(self, hook: str) -> bool:
+        """Whether this callback does something in ``hook`` (a method name such as
+        ``"on_train_batch_end"``): its class or the instance replaces Callback's own."""
+        base = getattr(Callback, hook, None)
+        if base is None:
+            raise ValueError(f"{hook!r} is not a callback hook")
+        mine = getattr(self, hook)
+        return getattr(mine, "__func__", mine) is not base
 
     def required_logs(self) -> tuple[str, ...]:
         """Keys this callback reads from ``logs``; ``fit`` checks them before training."""
         return ()
+
+
+def needs_batch_hooks(callbacks: Any, kind: str = "train") -> bool:
+    """Whether any callback implements a batch hook of ``kind`` ("train", "test" or
+    "predict"); where not, the loop makes no per-batch calls and builds no batch logs."""
+    if kind not in BATCH_HOOKS:
+        raise ValueError(f"kind must be one of {', '.join(map(repr, BATCH_HOOKS))}; got {kind!r}")
+    if isinstance(callbacks, Callback):
+        callbacks = [callbacks]
+    return any(cb.implements(hook) for cb in callbacks or () for hook in BATCH_HOOKS[kind])
 
 
 def _path(name: str, value: Any) -> str:
@@ -135,10 +208,20 @@ def restore(model: Any, saved: dict[str, dict[str, Any]]) -> None:
 
 
 class EarlyStopping(_Monitor):
-    """Stop when ``monitor`` has not improved for ``patience`` epochs.
+    """Stop when ``monitor`` has not improved for ``patience`` epochs: Keras's rule.
 
-    With ``restore_best_weights=True`` the model ends with the weights of its
-    best epoch.
+    From epoch ``start_from_epoch`` on, each epoch adds one to a wait count; a value
+    better than the best so far by more than ``min_delta`` becomes the best and, if
+    it also beats ``baseline`` (when given), sets the count back to 0. After an
+    epoch that is no improvement, training stops once the count reaches ``patience``
+    (never at epoch 0). So ``patience=3`` on ``[1, 2, 2, 2, ...]`` stops at epoch 3,
+    after three epochs without improvement; ``patience`` 0 and 1 both stop after the
+    first. If no epoch beats ``baseline``, training runs ``patience`` epochs.
+
+    With ``restore_best_weights=True`` the model ends with the weights of its best
+    epoch (the first monitored epoch's when none improved), whether or not training
+    stopped early. ``verbose=1`` prints when it stops and restores.
+    ``stopped_epoch`` (None if it did not stop) and ``best_epoch`` count from 0.
     """
 
     def __init__(
@@ -148,10 +231,24 @@ class EarlyStopping(_Monitor):
         min_delta: float = 0.0,
         mode: str = "auto",
         restore_best_weights: bool = False,
+        *,
+        baseline: float | None = None,
+        start_from_epoch: int = 0,
+        verbose: int = 0,
     ) -> None:
         super().__init__(monitor, mode, min_delta)
         self.patience = count("patience", patience, minimum=0)
         self.restore_best_weights = bool(restore_best_weights)
+        if baseline is not None:
+            if isinstance(baseline, bool) or not isinstance(baseline, numbers.Real):
+                raise TypeError(f"baseline must be a number or None, got {type(baseline).__name__}")
+            if not math.isfinite(baseline):
+                raise ValueError(f"baseline must be a finite number, got {baseline!r}")
+            baseline = float(baseline)
+        self.baseline = baseline
+        self.start_from_epoch = count("start_from_epoch", start_from_epoch, minimum=0)
+        self.verbose = count("verbose", verbose, minimum=0)
+        self.on_train_begin({})
 
     def on_train_begin(self, logs: dict[str, float]) -> None:
         self.best = math.inf if self.mode == "min" else -math.inf
@@ -162,18 +259,36 @@ class EarlyStopping(_Monitor):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
         value = self._current(logs)
+        if epoch < self.start_from_epoch:
+            return  # warm-up: not monitored
+        if self.restore_best_weights and self._best_weights is None:
+            self._best_weights, self.best_epoch = snapshot(self.model), epoch
+        self.wait += 1
         if self._improved(value):
-            self.best, self.best_epoch, self.wait = value, epoch, 0
+            self.best, self.best_epoch = value, epoch
             if self.restore_best_weights:
                 self._best_weights = snapshot(self.model)
+            if self.baseline is None or self._beats(value, self.baseline):
+                self.wait = 0
             return
-        self.wait += 1
-        if self.wait > self.patience:
+        if self.wait >= self.patience and epoch > 0:
             self.stopped_epoch = epoch
             self.model.stop_training = True
 
+    def _beats(self, value: float, reference: float) -> bool:
+        if self.mode == "min":
+            return value < reference - self.min_delta
+        return value > reference + self.min_delta
+
+    def _improved(self, value: float) -> bool:
+        return self._beats(value, self.best)
+
     def on_train_end(self, logs: dict[str, float]) -> None:
+        if self.stopped_epoch is not None and self.verbose:
+            print(f"Epoch {self.stopped_epoch + 1}: early stopping")
         if self.restore_best_weights and self._best_weights is not None:
+            if self.verbose:
+                print(f"Restoring model weights from the end of the best epoch: {self.best_epoch + 1}.")
             restore(self.model, self._best_weights)
 
 
@@ -309,7 +424,18 @@ def _plain(value: Any) -> Any:
 
 
 class LambdaCallback(Callback):
-    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``."""
+    """A callback from plain functions: ``LambdaCallback(on_epoch_end=lambda epoch, logs: ...)``.
+
+    Any hook can be given (``on_train_batch_end=lambda batch, logs: ...`` too); the
+    loops call only those given, so one without batch hooks costs nothing per batch.
+    """
+
+    _HOOKS = (
+        "on_train_begin", "on_epoch_begin", "on_epoch_end", "on_train_end",
+        "on_train_batch_begin", "on_train_batch_end", "on_test_begin", "on_test_end",
+        "on_test_batch_begin", "on_test_batch_end", "on_predict_begin", "on_predict_end",
+        "on_predict_batch_begin", "on_predict_batch_end",
+    )
 
     def __init__(
         self,
@@ -317,26 +443,33 @@ class LambdaCallback(Callback):
         on_epoch_begin: Callable[[int, dict], None] | None = None,
         on_epoch_end: Callable[[int, dict], None] | None = None,
         on_train_end: Callable[[dict], None] | None = None,
+        **hooks: Callable[..., None] | None,
     ) -> None:
-        self._hooks = {
-            "on_train_begin": _hook("on_train_begin", on_train_begin),
-            "on_epoch_begin": _hook("on_epoch_begin", on_epoch_begin),
-            "on_epoch_end": _hook("on_epoch_end", on_epoch_end),
-            "on_train_end": _hook("on_train_end", on_train_end),
-        }
+        unknown = sorted(set(hooks) - set(self._HOOKS))
+        if unknown:
+            raise TypeError(f"LambdaCallback has no hook {unknown[0]!r}; hooks: {', '.join(self._HOOKS)}")
+        hooks.update(on_train_begin=on_train_begin, on_epoch_begin=on_epoch_begin,
+                     on_epoch_end=on_epoch_end, on_train_end=on_train_end)
+        self._hooks = {name: _hook(name, fn) for name, fn in hooks.items() if fn is not None}
 
-    def on_train_begin(self, logs: dict[str, float]) -> None:
-        if self._hooks["on_train_begin"]:
-            self._hooks["on_train_begin"](logs)
+    def implements(self, hook: str) -> bool:
+        super().implements(hook)  # an unknown name is an error here too
+        return hook in self._hooks
 
-    def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
-        if self._hooks["on_epoch_begin"]:
-            self._hooks["on_epoch_begin"](epoch, logs)
+    def _call(self, hook: str, *args: Any) -> None:
+        fn = self._hooks.get(hook)
+        if fn is not None:
+            fn(*args)
 
-    def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
-        if self._hooks["on_epoch_end"]:
-            self._hooks["on_epoch_end"](epoch, logs)
 
-    def on_train_end(self, logs: dict[str, float]) -> None:
-        if self._hooks["on_train_end"]:
-            self._hooks["on_train_end"](logs)
+def _forward(hook: str) -> Callable[..., None]:
+    def call(self: LambdaCallback, *args: Any) -> None:
+        self._call(hook, *args)
+
+    call.__name__ = call.__qualname__ = hook
+    call.__doc__ = getattr(Callback, hook).__doc__
+    return call
+
+
+for _name in LambdaCallback._HOOKS:  # each hook calls the function given for it, if any
+    setattr(LambdaCallback, _name, _forward(_name))
