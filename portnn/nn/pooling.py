@@ -10,20 +10,21 @@ pads with zeros that count in the average (PyTorch's ``count_include_pad=True``)
 Only the Array API standard: a pooling whose kernel equals its stride, without
 padding, reshapes ``(N, C, H, W)`` to ``(N, C, H_out, k, W_out, k)`` (the rows and
 columns a window never reaches are cut first) and reduces the views of its kernel
-offsets elementwise; its backward writes each offset's share into that shape.
+offsets elementwise, one window axis at a time. Max pooling in training keeps, per
+axis, where the first maximum was (small bool masks); its backward takes the
+gradient back one axis at a time, a 0/1 factor times the gradient per offset,
+stacked into that shape: a few passes over contiguous arrays, no scatter.
 Any other one takes one strided slice of the padded input per kernel offset (the
 plans of :mod:`portnn.nn.conv`), and its backward adds them back.
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import array_api_compat
-import array_api_extra as xpx
 
 from .conv import WindowPlan, add_windows, check_input, pad, plan_for, sizes, too_small, window_plan
 from .module import Backward, Module
@@ -36,7 +37,6 @@ class _PoolPlan(NamedTuple):
     reshape: bool  # kernel == stride, no padding: windows by reshaping
     cut: tuple[slice, ...] | None  # rows/columns no window reaches, cut before reshaping
     blocks: tuple[int, ...]  # (C, out_0, k_0, out_1, k_1, ...) of the reshape
-    block_taps: tuple[tuple[Any, ...], ...]  # per kernel offset (row-major), its view of the blocks
 
 
 class _Pool(Module):
@@ -93,11 +93,7 @@ class _Pool(Module):
                 reached = zip(window.out, self.kernel_size)
                 cut = (slice(None), slice(None)) + tuple(slice(0, o * k) for o, k in reached)
             blocks = (shape[0],) + tuple(v for o, k in zip(window.out, self.kernel_size) for v in (o, k))
-            block_taps = tuple(
-                (slice(None), slice(None)) + tuple(v for o in offsets for v in (slice(None), o))
-                for offsets in itertools.product(*(range(k) for k in self.kernel_size))
-            )
-            return _PoolPlan(window, reshape, cut, blocks, block_taps)
+            return _PoolPlan(window, reshape, cut, blocks)
 
         check_input(self, x, nd, None)
         return plan_for(self, x, make)
@@ -112,9 +108,15 @@ class _Pool(Module):
             x = x[plan.cut]
         return self.xp.reshape(x, (-1, *plan.blocks))
 
-    def _reduce_blocks(self, blocks: Any, op: Any) -> Any:
+    def _reduce_blocks(self, blocks: Any, op: Any, masks: list[Any] | None = None) -> Any:
         """``op`` over each window of the blocks, one window axis at a time from the last
-        (elementwise over views: NumPy's reductions over small strided axes are far slower)."""
+        (elementwise over views: NumPy's reductions over small strided axes are far slower).
+
+        With ``masks`` (a list, max pooling in training) it also appends, per window axis in
+        that order, where each offset of the axis holds the first maximum (:func:`_first_maxima`).
+        The last axis first is what makes those the first maxima in row-major order: the first
+        of the rows whose maximum is the window's, and in it the first column that holds it.
+        """
         y = blocks
         for axis in reversed(range(self._nd)):
             at = 3 + 2 * axis
@@ -122,22 +124,20 @@ class _Pool(Module):
             y = views[0]
             for v in views[1:]:
                 y = op(y, v)
+            if masks is not None:
+                masks.append(_first_maxima(views, y))
         return y
 
-    def _place(self, parts: list[Any], plan: _PoolPlan, like: Any) -> Any:
-        """The input gradient from each kernel offset's share (``(N, C, *out)`` each), written
-        into the blocks' shape at its view (zeros where no window reached)."""
+    def _unreduce(self, d: Any, spread: Any, plan: _PoolPlan) -> Any:
+        """The input gradient from the output's: back through each window axis (the first one
+        first), ``spread(axis, d)`` giving the shares of that axis's offsets, stacked into the
+        blocks' shape; then the input's shape (zeros where no window reached)."""
         xp = self.xp
-        n = parts[0].shape[0]
-        blocks = xp.empty((n, *plan.blocks), dtype=parts[0].dtype, device=array_api_compat.device(like))
-        if array_api_compat.is_writeable_array(blocks):
-            for tap, part in zip(plan.block_taps, parts):
-                blocks[tap] = part
-        else:
-            for tap, part in zip(plan.block_taps, parts):
-                blocks = xpx.at(blocks, tap).set(part, xp=xp)
+        for axis in range(self._nd):
+            d = xp.stack(spread(axis, d), axis=3 + 2 * axis)
+        n = d.shape[0]
         covered = tuple(o * k for o, k in zip(plan.window.out, self.kernel_size))
-        dx = xp.reshape(blocks, (n, plan.blocks[0], *covered))
+        dx = xp.reshape(d, (n, plan.blocks[0], *covered))
         if plan.cut is not None:
             dx = pad(xp, dx, tuple((0, s - c) for s, c in zip(plan.window.size, covered)), 0.0)
         return dx
@@ -154,51 +154,71 @@ def _show(t: tuple[int, ...]) -> Any:
     return t[0] if len(set(t)) == 1 else t
 
 
+def _first_maxima(views: list[Any], m: Any) -> list[Any]:
+    """Where each view holds the first maximum ``m`` of its window: bool, one per view (the
+    last one takes what no other took); None for a single view (it takes everything)."""
+    wins, taken = [], None
+    for v in views[:-1]:
+        hit = v == m
+        if taken is None:
+            taken = hit
+        else:
+            hit = hit & ~taken
+            taken = taken | hit
+        wins.append(hit)
+    return wins + [None if taken is None else ~taken]
+
+
+def _masked(xp: Any, mask: Any, d: Any) -> Any:
+    """``d`` where ``mask`` is True, 0 elsewhere: a 0/1 factor times ``d`` (NumPy's where()
+    branches and is several times slower on masks like these)."""
+    if mask is None:
+        return d
+    f = xp.astype(mask, d.dtype)
+    if array_api_compat.is_writeable_array(f):
+        f *= d
+        return f
+    return f * d
+
+
 # ---------------------------------------------------------------- max pooling
 
 
 class _MaxPool(_Pool):
     _fill = -math.inf
 
-    def _max(self, x: Any, plan: _PoolPlan) -> tuple[Any, Any]:
-        """(the output, the blocks or the windows it came from)."""
+    def _max(self, x: Any, plan: _PoolPlan, masks: list[Any] | None = None) -> Any:
+        """The output; with ``masks`` (a list) also where the first maxima were: per window
+        axis (the reshaping path) or one list for the windows (the general path)."""
         xp = self.xp
         if plan.reshape:
-            blocks = self._blocks(x, plan)
-            return self._shaped(self._reduce_blocks(blocks, xp.maximum), plan), blocks
+            return self._shaped(self._reduce_blocks(self._blocks(x, plan), xp.maximum, masks), plan)
         windows = self._windows(x, plan)
         y = windows[0]
         for w in windows[1:]:
             y = xp.maximum(y, w)
-        return self._shaped(y, plan), windows
+        if masks is not None:
+            masks.append(_first_maxima(windows, y))
+        return self._shaped(y, plan)
 
     def infer(self, x: Any) -> Any:
-        return self._max(x, self._plan(x))[0]
+        return self._max(x, self._plan(x))
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         xp = self.xp
         plan = self._plan(x)
-        y, seen = self._max(x, plan)
+        # the first maximum of each window, in row-major order, takes the gradient (as PyTorch)
+        masks: list[Any] = []
+        y = self._max(x, plan, masks)
+        masks.reverse()  # the first window axis first
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             if not need_dx:
                 return None, {}
-            # the first maximum of each window, in row-major order, takes the gradient (as PyTorch)
-            windows = [seen[tap] for tap in plan.block_taps] if plan.reshape else seen
-            parts, taken = [], None
-            for i, w in enumerate(windows):
-                hit = w == y
-                if taken is None:
-                    first = taken = hit
-                else:
-                    first = hit & ~taken
-                    if i + 1 < len(windows):
-                        taken = taken | hit
-                part = xp.astype(first, dy.dtype)
-                part *= dy
-                parts.append(part)
             if plan.reshape:
-                return self._place(parts, plan, x), {}
+                shares = lambda axis, d: [_masked(xp, m, d) for m in masks[axis]]
+                return self._unreduce(dy, shares, plan), {}
+            parts = [_masked(xp, m, dy) for m in masks[0]]
             return add_windows(xp, parts, plan.window, x), {}
 
         return y, backward
@@ -250,7 +270,7 @@ class _AvgPool(_Pool):
                 return None, {}
             share = dy * scale
             if plan.reshape:
-                return self._place([share] * len(plan.block_taps), plan, x), {}
+                return self._unreduce(share, lambda axis, d: [d] * self.kernel_size[axis], plan), {}
             return add_windows(xp, [share] * len(plan.window.taps), plan.window, x), {}
 
         return y, backward
