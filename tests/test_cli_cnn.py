@@ -3,6 +3,8 @@ evaluate, predict and export do with it. Run in process on the backend under tes
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -118,3 +120,19 @@ def test_a_feature_table_that_is_not_a_square_needs_an_image_shape(capsys, tmp_p
     )
     assert code == 0, err
     assert "cnn 3x2x2 -> conv 4:1 -> 16 -> 2" in out
+
+
+def test_the_readme_cnn_command_reaches_97_percent_on_mnist5k(capsys, backend_name, tmp_path):
+    # the command as the README gives it, on the default backend (NumPy): about two minutes
+    if backend_name != "numpy":
+        pytest.skip("the README's command runs on the default backend, numpy")
+    pytest.importorskip("mlxtend")
+    needs_io()
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (line,) = [ln for ln in readme.splitlines() if ln.startswith("portnn train --dataset mnist5k --model cnn")]
+    words = line.split()[1:]
+    words[words.index("--out") + 1] = str(tmp_path / "cnn.safetensors")
+    code, out, err = run_main(capsys, " ".join(words), "--verbose 0")
+    assert code == 0, err
+    assert accuracy_of(out) >= 0.97, out
+    assert (tmp_path / "cnn.safetensors").is_file()
