@@ -1,6 +1,6 @@
 """The tutorials' three-layer network: a forward pass with hand-set weights.
 
-    python examples/three_layer_forward.py        # prints [0.31682708 0.69627909]
+    python examples/three_layer_forward.py   # prints: output for x = [1.0, 0.5]: [0.31682708 0.69627909]
 """
 
 import numpy as np
@@ -21,5 +21,6 @@ def tutorial_network() -> pn.Sequential:
 
 if __name__ == "__main__":
     network = tutorial_network()
-    y = network([1.0, 0.5])
-    print(np.array2string(pn.to_numpy(y), precision=8))
+    x = [1.0, 0.5]
+    y = network(x)
+    print(f"output for x = {x}: {np.array2string(pn.to_numpy(y), precision=8)}")
