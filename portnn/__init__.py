@@ -9,6 +9,7 @@ from .backend import Backend, BackendError, available_backends, get_backend, set
 from . import nn
 from .nn import ELU, GELU, Dense, Flatten, Identity, LeakyReLU, Module, ReLU, Reshape, SiLU, Sigmoid, Softmax, Softplus, Step, Tanh
 from .nn import BatchNorm, Dropout, LayerNorm
+from .nn.scaling import NotAdaptedError, Standardize
 from .nn import Conv1D, Conv2D
 from .nn import AvgPool1D, AvgPool2D, GlobalAvgPool2D, MaxPool1D, MaxPool2D
 from .nn import Add, Concatenate, Parallel, Residual, Sequential

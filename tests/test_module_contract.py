@@ -69,6 +69,7 @@ EXAMPLES: dict[str, Example] = {
     "BatchNorm": lambda: (_randomized(pn.BatchNorm(4, eps=1e-3)), _x(4)),
     "LayerNorm": lambda: (_randomized(pn.LayerNorm(4)), _x(3, 4)),
     "Dropout": lambda: (pn.Dropout(0.4, seed=3), _x(3, 4)),
+    "Standardize": lambda: (pn.Standardize().adapt(_x(3, 4, seed=1) * 3.0 + 2.0), _x(3, 4)),
     "Conv2D": lambda: (
         pn.Conv2D(4, 6, (3, 2), stride=(2, 1), padding=(1, 2), dilation=(1, 2), groups=2, seed=0),
         _x(4, 7, 6),
