@@ -10,8 +10,10 @@ Only the Array API standard is used. The input is unrolled into columns
 one matrix product (a batch of them over the samples and the groups). The
 backward adds the slices of the column gradient back (col2im), in place where
 the arrays are writeable (``array_api_compat.is_writeable_array``) and with
-``array_api_extra.at(...).add`` where they are not (JAX). Sizes and slices are
-resolved once per input shape and kept (:class:`WindowPlan`).
+``array_api_extra.at(...).add`` where they are not (JAX). The weight gradient
+unrolls the columns again from the input rather than keep them (K times the
+input) alive through the step. Sizes and slices are resolved once per input
+shape and kept (:class:`WindowPlan`).
 
 The pooling layers (:mod:`portnn.nn.pooling`) use the same plans.
 """
@@ -52,7 +54,7 @@ def sizes(name: str, value: Any, nd: int, minimum: int = 1) -> tuple[int, ...]:
             what = "an integer" if nd == 1 else f"an integer or {nd} integers"
             raise ValueError(f"{name} must be {what}, got {value!r} ({len(values)} values)")
     else:
-        what = "an integer" if nd == 1 else f"an integer or a pair of integers"
+        what = "an integer" if nd == 1 else "an integer or a pair of integers"
         raise TypeError(f"{name} must be {what}, got {type(value).__name__}")
     for v in values:
         if isinstance(v, bool) or not isinstance(v, numbers.Integral):
@@ -177,12 +179,12 @@ def pad(xp: Any, x: Any, pads: tuple[tuple[int, int], ...], value: float) -> Any
     return x
 
 
-def add_windows(xp: Any, parts: Sequence[Any], plan: WindowPlan, like: Any) -> Any:
-    """The sum of each part placed at its tap of the padded input (col2im), unpadded.
-
-    ``like`` is the input (its batch size, dtype and device)."""
-    shape = (like.shape[0], like.shape[1], *plan.padded)
-    out = xp.zeros(shape, dtype=parts[0].dtype, device=array_api_compat.device(like))
+def add_windows(xp: Any, parts: Sequence[Any], plan: WindowPlan) -> Any:
+    """The sum of each part (``(N, C, *out)``) placed at its tap of the padded input (col2im),
+    unpadded."""
+    first = parts[0]
+    shape = (first.shape[0], first.shape[1], *plan.padded)
+    out = xp.zeros(shape, dtype=first.dtype, device=array_api_compat.device(first))
     if array_api_compat.is_writeable_array(out):
         for tap, part in zip(plan.taps, parts):
             out[tap] += part
@@ -380,11 +382,17 @@ class _Conv(Module):
         xp = self.xp
         g, o = self.groups, self.out_channels
 
+        # the columns are K times the input: the backward unrolls them again rather than keep
+        # them alive through the rest of the step (a lower peak, fewer fresh pages on the host)
+        del cols
+
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             dyg = xp.reshape(dy, (-1, g, o // g, plan.length))
             grads = {}
             if not frozen:
+                cols = self._columns(x, plan)
                 dw = xp.sum(dyg @ xp.matrix_transpose(cols), axis=0)  # (g, O/g, C/g * K)
+                del cols
                 grads["weight"] = xp.reshape(dw, w.shape)
                 if has_bias:
                     grads["bias"] = xp.sum(dy, axis=(0, *range(2, 2 + self._nd)))
@@ -394,7 +402,7 @@ class _Conv(Module):
             dcols = xp.matrix_transpose(wg) @ dyg  # (N, g, C/g * K, L)
             dcols = xp.reshape(dcols, (-1, self.in_channels, plan.k, *plan.window.out))
             parts = [dcols[:, :, k, ...] for k in range(plan.k)]
-            return add_windows(xp, parts, plan.window, x), grads
+            return add_windows(xp, parts, plan.window), grads
 
         return y, backward
 

@@ -219,7 +219,7 @@ class _MaxPool(_Pool):
                 shares = lambda axis, d: [_masked(xp, m, d) for m in masks[axis]]
                 return self._unreduce(dy, shares, plan), {}
             parts = [_masked(xp, m, dy) for m in masks[0]]
-            return add_windows(xp, parts, plan.window, x), {}
+            return add_windows(xp, parts, plan.window), {}
 
         return y, backward
 
@@ -271,7 +271,7 @@ class _AvgPool(_Pool):
             share = dy * scale
             if plan.reshape:
                 return self._unreduce(share, lambda axis, d: [d] * self.kernel_size[axis], plan), {}
-            return add_windows(xp, [share] * len(plan.window.taps), plan.window, x), {}
+            return add_windows(xp, [share] * len(plan.window.taps), plan.window), {}
 
         return y, backward
 
@@ -303,11 +303,13 @@ class GlobalAvgPool2D(Module):
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         y = self.infer(x)
         xp = self.xp
-        scale = 1.0 / (x.shape[2] * x.shape[3])
+        shape = tuple(x.shape)  # not x: the backward keeps no input alive
+        scale = 1.0 / (shape[2] * shape[3])
 
         def backward(dy: Any, need_dx: bool = True) -> tuple[Any, dict[str, Any]]:
             if not need_dx:
                 return None, {}
-            return xp.zeros_like(x) + (dy * scale)[:, :, None, None], {}
+            dx = xp.zeros(shape, dtype=dy.dtype, device=array_api_compat.device(dy))
+            return dx + (dy * scale)[:, :, None, None], {}
 
         return y, backward
