@@ -52,19 +52,23 @@ def _data(n: int = N_TRAIN) -> tuple[np.ndarray, np.ndarray]:
 # ---------------------------------------------------------------- portnn
 
 
+def _portnn_model(pn):
+    return pn.Sequential(
+        pn.Conv2D(1, 30, 5, seed=0),
+        pn.ReLU(),
+        pn.MaxPool2D(2),
+        pn.Flatten(),
+        pn.Dense(30 * 12 * 12, 100, init="he_uniform", seed=1),
+        pn.ReLU(),
+        pn.Dense(100, 10, seed=2),
+    )
+
+
 def _portnn(X, y, epochs):
     import portnn as pn
 
     with pn.use_backend("numpy"):
-        model = pn.Sequential(
-            pn.Conv2D(1, 30, 5, seed=0),
-            pn.ReLU(),
-            pn.MaxPool2D(2),
-            pn.Flatten(),
-            pn.Dense(30 * 12 * 12, 100, init="he_uniform", seed=1),
-            pn.ReLU(),
-            pn.Dense(100, 10, seed=2),
-        )
+        model = _portnn_model(pn)
         opt = pn.Adam(1e-3)
 
         def train(n_epochs):
@@ -74,6 +78,67 @@ def _portnn(X, y, epochs):
         start = time.perf_counter()
         train(epochs)
         return time.perf_counter() - start
+
+
+def _portnn_layers(X, y, epochs):
+    """portnn's step inside ``fit``, layer by layer: the median thread CPU time of each
+    layer's forward and backward, and the page faults they take; and the step's totals."""
+    import portnn as pn
+
+    def faults():
+        return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+    with pn.use_backend("numpy"):
+        model = _portnn_model(pn)
+        names = ["Conv2D", "ReLU", "MaxPool2D", "Flatten", "Dense", "ReLU 2", "Dense 2"]
+        seen: dict[str, list[list[float]]] = {n: [[], [], [], []] for n in names}
+
+        def timed(layer, rec):
+            apply = layer.apply
+
+            def timed_apply(x, training):
+                f, t = faults(), time.thread_time()
+                out, back = apply(x, training)
+                rec[0].append(time.thread_time() - t)
+                rec[2].append(faults() - f)
+
+                def timed_backward(dy, need_dx=True):
+                    f, t = faults(), time.thread_time()
+                    result = back(dy, need_dx=need_dx)
+                    rec[1].append(time.thread_time() - t)
+                    rec[3].append(faults() - f)
+                    return result
+
+                return out, timed_backward
+
+            object.__setattr__(layer, "apply", timed_apply)
+
+        for name, layer in zip(names, model._modules.values()):
+            timed(layer, seen[name])
+        opt = pn.Adam(1e-3)
+
+        def train(n_epochs):
+            model.fit(X, y, loss="cross_entropy", optimizer=opt, epochs=n_epochs, batch_size=BATCH, seed=0, verbose=0)
+
+        train(1)
+        for rec in seen.values():
+            for r in rec:
+                r.clear()
+        r0, t0, f0 = resource.getrusage(resource.RUSAGE_SELF), time.thread_time(), faults()
+        train(epochs)
+        r1, t1, f1 = resource.getrusage(resource.RUSAGE_SELF), time.thread_time(), faults()
+    steps = epochs * (len(X) // BATCH)
+
+    def ms(v):
+        return statistics.median(v) * 1e3
+
+    return {
+        "layers": {n: {"forward_ms": ms(r[0]), "backward_ms": ms(r[1]), "faults": statistics.mean(r[2]) + statistics.mean(r[3])}
+                   for n, r in seen.items()},
+        "cpu_ms": (t1 - t0) / steps * 1e3,
+        "sys_ms": (r1.ru_stime - r0.ru_stime) / steps * 1e3,
+        "faults": (f1 - f0) / steps,
+    }
 
 
 # ---------------------------------------------------------------- PyTorch
@@ -292,6 +357,8 @@ def run_contender(contender: str, epochs: int) -> dict:
     if contender == "floor":
         return matmul_floor()
     X, y = _data()
+    if contender == "layers":
+        return _portnn_layers(X, y, epochs)
     seconds = {"portnn": _portnn, "torch": _torch, "book": _book}[contender](X, y, epochs)
     steps = epochs * (len(X) // BATCH)
     return {
@@ -312,7 +379,7 @@ def _in_child(contender: str, epochs: int, tuned_malloc: bool = False, threads: 
         env.update(TUNED_MALLOC)
     if threads:  # NumPy's BLAS and PyTorch's intra-op pool alike
         env.update({k: str(threads) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")})
-    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    done = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         if "ModuleNotFoundError" in done.stderr:
             return None
@@ -329,6 +396,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="run every contender with glibc's mmap threshold raised (" + ", ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")")
     parser.add_argument("--threads", type=int, default=None,
                         help="threads for every contender (OMP/OpenBLAS/MKL_NUM_THREADS; default: the libraries' own)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also profile portnn's step inside fit layer by layer (thread CPU time, page faults)")
     parser.add_argument("--child", nargs=2, metavar=("CONTENDER", "EPOCHS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -368,6 +437,20 @@ def main(argv: list[str] | None = None) -> None:
         rest = result["portnn"]["ms_per_step"] - floor["ms"]
         print(f"portnn's step beyond them: {rest:.1f} ms (im2col copies, pooling, elementwise passes, "
               "Adam, the loss, fit's batching).")
+    if args.layers:
+        _print_layers(_in_child("layers", epochs, args.tuned_malloc, args.threads))
+
+
+def _print_layers(p: dict) -> None:
+    print("\nportnn's step inside fit, layer by layer (medians of the main thread's CPU time; page faults per step):\n")
+    print("| layer | forward (ms) | backward (ms) | page faults |")
+    print("|---|---|---|---|")
+    total = 0.0
+    for name, r in p["layers"].items():
+        total += r["forward_ms"] + r["backward_ms"]
+        print(f"| {name} | {r['forward_ms']:.2f} | {r['backward_ms']:.2f} | {r['faults']:.0f} |")
+    print(f"\nthe layers: {total:.1f} ms of a step's {p['cpu_ms']:.1f} ms of CPU time (the rest: the loss, Adam, "
+          f"fit's batching and bookkeeping); the kernel's share {p['sys_ms']:.1f} ms, {p['faults']:.0f} page faults a step.")
 
 
 if __name__ == "__main__":
