@@ -14,7 +14,8 @@ from .nn import Conv1D, Conv2D
 from .nn import AvgPool1D, AvgPool2D, GlobalAvgPool2D, MaxPool1D, MaxPool2D
 from .nn import Add, Concatenate, Parallel, Residual, Sequential
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
-from .optimizers import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
+from . import optim
+from .optim import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
 from .training import History, TrainingDivergedError, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
 from . import callbacks, metrics, schedules
 from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
@@ -41,5 +42,5 @@ __all__ = sorted(
     name
     for name, value in globals().items()
     if not name.startswith("_")
-    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "schedules", "nn", "testing"})
+    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "optim", "schedules", "nn", "testing"})
 )

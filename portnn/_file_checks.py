@@ -245,6 +245,15 @@ def read_metadata(metadata: Mapping[str, str] | None) -> dict[str, Any]:
         initial_lr = meta["optimizer"].get("initial_lr")
         if initial_lr is not None and not _positive_finite(initial_lr):
             raise Bad(f"the optimizer's initial_lr must be a finite number > 0, got {initial_lr!r}")
+    lr = meta.get("optimizer_lr")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 <= lr < float("inf")):
+        raise Bad(f"optimizer_lr must be null or a finite number >= 0, got {lr!r}")
+    counts = meta.get("optimizer_counts")
+    if counts is not None and (
+        not isinstance(counts, dict)
+        or any(isinstance(c, bool) or not isinstance(c, int) or not 0 <= c <= _MAX_STEP for c in counts.values())
+    ):
+        raise Bad(f"optimizer_counts must be null or an object of integers in [0, 2**63), got {counts!r}")
     return meta
 
 
@@ -383,10 +392,13 @@ def check_tensor_values(tensors: Mapping[str, Any], np: Any) -> None:
 
 
 def optimizer_state(
-    model: Any, optimizer: Any, step: int, saved: dict[str, dict[str, Any]]
+    model: Any, optimizer: Any, step: int, saved: dict[str, dict[str, Any]],
+    counts: dict[str, int] | None = None, lr: float | None = None,
 ) -> dict[str, Any]:
     """The optimizer state for ``model`` from the file's slots: the slots ``optimizer`` keeps,
-    for the model's parameters, of their shapes (dtypes and values were checked already)."""
+    for the model's parameters, of their shapes (dtypes and values were checked already),
+    the per-parameter step counts (a file without them: every parameter at ``step``) and the
+    learning rate (a file without it: the optimizer's own)."""
     backend = model.backend
     params = model.parameters()
     state = optimizer.init(params, backend.xp)
@@ -410,4 +422,10 @@ def optimizer_state(
                 )
             fresh[slot] = backend.asarray(value, copy=True)
     state["step"] = step
+    unknown = sorted(set(counts or {}) - set(params))
+    if unknown:
+        raise Bad(f"optimizer_counts names parameters the model does not have: {unknown}")
+    state["counts"] = {k: (counts or {}).get(k, step) for k in params}
+    if "lr" in state and lr is not None:
+        state["lr"] = float(lr)
     return state

@@ -25,7 +25,7 @@ def is_portnn(cls: type) -> bool:
 def _bases() -> dict[str, type]:
     from .nn.module import Module
     from .losses import Loss
-    from .optimizers import Optimizer
+    from .optim.optimizers import Optimizer
 
     return {"layer": Module, "loss": Loss, "optimizer": Optimizer}
 

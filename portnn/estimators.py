@@ -70,7 +70,8 @@ from .losses import (
     HalfSquaredError,
     Loss,
 )
-from .optimizers import OPTIMIZERS, SGD, Adam, Optimizer
+from .optim.base import learning_rate, with_learning_rate
+from .optim.optimizers import OPTIMIZERS, SGD, Adam, Optimizer
 from .nn import BatchNorm, Dropout
 from ._guard import TrainingDivergedError
 from .training import fit as _train
@@ -235,23 +236,30 @@ class _Monitor(Callback):
                 est._no_improvement_count = 0
             est.best_loss_ = min(est.best_loss_, est.loss_)
         if self.schedule and est.learning_rate == "invscaling":
-            self.optimizer.lr = float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t
+            self._set_rate(float(est.learning_rate_init) / (est.t_ + 1) ** est.power_t)
         if est._no_improvement_count > est.n_iter_no_change:
             what = "Validation score" if self.validation is not None else "Training loss"
             message = (
                 f"{what} did not improve more than tol={est.tol:f} for "
                 f"{est.n_iter_no_change} consecutive epochs."
             )
-            if self.schedule and est.learning_rate == "adaptive" and self.optimizer.lr > 1e-6:
-                self.optimizer.lr /= 5.0
+            if self.schedule and est.learning_rate == "adaptive" and self._rate() > 1e-6:
+                self._set_rate(self._rate() / 5.0)
                 est._no_improvement_count = 0
                 if est.verbose:
-                    print(f"{message} Setting learning rate to {self.optimizer.lr:f}")
+                    print(f"{message} Setting learning rate to {self._rate():f}")
             else:
                 if est.verbose:
                     print(f"{message} Stopping.")
                 self.stopped = True
                 self.model.stop_training = True
+
+    def _rate(self) -> float:
+        return learning_rate(self.model.optimizer_state)
+
+    def _set_rate(self, lr: float) -> None:
+        """The rate of the next steps, in the optimizer state (saved and resumed with it)."""
+        self.model.optimizer_state = with_learning_rate(self.model.optimizer_state, lr)
 
 
 # ---------------------------------------------------------------- the estimators

@@ -8,7 +8,8 @@ A file written by :func:`save` holds
 * one metadata entry, ``"portnn"``, a JSON document with the format version,
   the portnn version, the architecture (class names and constructor
   arguments), the loss and optimizer (class names and configs), the
-  optimizer's step count and each module's extra state;
+  optimizer's step count, learning rate and per-parameter step counts (where
+  they differ from the step count) and each module's extra state;
 * ``"portnn_sha256"``, a SHA-256 over that document and every tensor's name,
   dtype, shape and bytes, verified on load: a damaged file is an error, never a
   silently different model.
@@ -32,6 +33,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -44,7 +46,7 @@ from ._file_checks import atomic_write as _atomic_write, checksum as _checksum  
 from .backend import _make_backend, get_backend, to_numpy, use_backend
 from .nn import Module
 from .nn.module import provide_workflows
-from .optimizers import Optimizer
+from .optim.optimizers import Optimizer
 
 __all__ = ["FORMAT_VERSION", "load", "register", "save"]
 
@@ -89,13 +91,33 @@ def _named_object(kind: str, obj: Any) -> dict[str, Any] | None:
 
 
 def _optimizer_node(optimizer: Optimizer | None) -> dict[str, Any] | None:
-    node = _named_object("optimizer", optimizer)
-    # a learning-rate schedule keeps the rate it started from on the optimizer;
-    # without it a resumed schedule would restart from the already-lowered rate
-    initial_lr = getattr(optimizer, "initial_lr", None)
-    if node is not None and initial_lr is not None:
-        node["initial_lr"] = float(initial_lr)
-    return node
+    return _named_object("optimizer", optimizer)
+
+
+def _optimizer_numbers(state: dict[str, Any]) -> dict[str, Any]:
+    """The state's numbers for the metadata: the step, the rate, the per-parameter counts
+    (only where one differs from the step: a file of a model never frozen stays as before)."""
+    extra = sorted(set(state) - {"step", "slots", "counts", "lr"})
+    if extra:
+        raise ValueError(
+            f"cannot save the optimizer state: it has entries {extra} besides 'step', 'counts', "
+            "'lr' and 'slots', which this file format does not store"
+        )
+    numbers: dict[str, Any] = {"optimizer_step": _count("optimizer_state['step']", state["step"])}
+    counts = {k: _count(f"optimizer_state['counts'][{k!r}]", c) for k, c in state.get("counts", {}).items()}
+    if any(c != numbers["optimizer_step"] for c in counts.values()):
+        numbers["optimizer_counts"] = counts
+    if "lr" in state:
+        numbers["optimizer_lr"] = float(state["lr"])
+    return numbers
+
+
+def _count(what: str, value: Any) -> int:
+    if hasattr(value, "dtype") and getattr(value, "shape", None) == ():
+        value = int(value)  # a compiled step's count, as an array
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{what} must be an int, got {value!r}")
+    return int(value)
 
 
 def _architecture(module: Module, name: str | None = None) -> dict[str, Any]:
@@ -157,7 +179,7 @@ def _host(x: Any) -> np.ndarray:
 # ---------------------------------------------------------------- save
 
 
-def save(model: Module, path: str | os.PathLike[str]) -> None:
+def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any] | None = None) -> None:
     """Save ``model`` to ``path`` (a safetensors file), replacing it atomically.
 
     The file holds the architecture, parameters, buffers, extra state (e.g.
@@ -176,6 +198,10 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         with :func:`register`.
     :param path: file name (``str`` or ``os.PathLike``), by convention ending
         in ``.safetensors``: a new file, a regular file or a symlink to one.
+    :param metadata: notes of your own kept in the file, a dict of JSON values
+        (strings, numbers, booleans, None, lists and dicts), e.g. class names;
+        :func:`load` gives them back as ``model.metadata``. None keeps the
+        model's own ``model.metadata`` (that of the file it was loaded from), if any.
     :raises ImportError: if safetensors is not installed.
     :raises IsADirectoryError: if ``path`` is a directory.
     :raises ValueError: if ``path`` is a pipe, device or socket, or a class of
@@ -187,6 +213,7 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
     if not isinstance(model, Module):
         raise TypeError(f"save() takes a portnn Module, got {type(model).__name__}")
     path = _file_name(path)
+    notes = _user_metadata(metadata if metadata is not None else getattr(model, "metadata", None))
     st = _safetensors()
 
     tensors: dict[str, np.ndarray] = {}
@@ -196,19 +223,19 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         tensors[_BUFFER + name] = _host(value)
 
     optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        warnings.warn(
+            f"{path}: the model was trained with {optimizer!r}, a chain of transforms, which this file "
+            "format cannot describe; the file holds the model without its optimizer and state "
+            "(a named optimizer, such as pn.AdamW(..., groups=...), saves with them)",
+            UserWarning,
+            stacklevel=2,
+        )
+        optimizer = None
     state = getattr(model, "optimizer_state", None) if optimizer is not None else None
-    step = None
+    numbers: dict[str, Any] = {"optimizer_step": None}
     if state is not None:
-        extra = sorted(set(state) - {"step", "slots"})
-        if extra:
-            raise ValueError(
-                f"cannot save the optimizer state: it has entries {extra} besides 'step' and "
-                "'slots', which this file format does not store"
-            )
-        step = state["step"]
-        if isinstance(step, bool) or not isinstance(step, int | np.integer):
-            raise TypeError(f"optimizer_state['step'] must be an int, got {step!r}")
-        step = int(step)
+        numbers = _optimizer_numbers(state)
         for param_name, slots in state["slots"].items():
             for slot_name, value in slots.items():
                 if "/" in slot_name:
@@ -227,10 +254,12 @@ def save(model: Module, path: str | os.PathLike[str]) -> None:
         "architecture": _architecture(model),
         "loss": _named_object("loss", getattr(model, "loss", None)),
         "optimizer": _optimizer_node(optimizer),
-        "optimizer_step": step,
+        **numbers,
         "extra_state": extra_state,
         "resume_point": getattr(model, "resume_point", None),
     }
+    if notes:
+        meta["metadata"] = notes
     try:
         text = json.dumps(meta)
     except (TypeError, ValueError) as e:
@@ -321,7 +350,26 @@ def load(
         _restore(model, meta, tensors, custom)
     except _Bad as e:
         raise ValueError(f"{path}: {e}") from None
+    notes = meta.get("metadata")
+    if notes is not None and not isinstance(notes, dict):
+        raise ValueError(f"{path}: the file's metadata entry is not an object of notes")
+    model.metadata = notes or {}
     return model
+
+
+def _user_metadata(value: Any) -> dict[str, Any] | None:
+    """``save(metadata=...)``: a dict of JSON values, copied (later changes to it do not reach the file)."""
+    if value is None or (isinstance(value, Mapping) and not value):
+        return None
+    if not isinstance(value, Mapping):
+        raise TypeError(f"metadata must be a dict of JSON values, got {type(value).__name__}")
+    try:
+        text = json.dumps(dict(value), allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(
+            f"metadata must hold JSON values only (strings, numbers, booleans, None, lists, dicts): {e}"
+        ) from None
+    return json.loads(text)
 
 
 def _construct(kind: str, cls: type, config: dict[str, Any], *args: Any, arrays: Any = None) -> Any:
@@ -472,10 +520,13 @@ def _restore(
     if meta.get("optimizer") is not None:
         name, config = _check_node("optimizer", meta["optimizer"])
         cls = names.resolve("optimizer", name, custom, "optimizer")
-        optimizer = model.optimizer = _construct("optimizer", cls, config)
         initial_lr = meta["optimizer"].get("initial_lr")
-        if initial_lr is not None:
-            optimizer.initial_lr = float(initial_lr)  # checked by read_metadata
+        if initial_lr is not None and isinstance(config.get("lr"), int | float):
+            # a file of portnn <= 0.1's epoch schedules: config lr is the lowered rate of the
+            # latest epoch, initial_lr the optimizer's own (checked by read_metadata)
+            config, old_rate = {**config, "lr": float(initial_lr)}, config["lr"]
+            meta = {**meta, "optimizer_lr": meta.get("optimizer_lr", old_rate)}
+        optimizer = model.optimizer = _construct("optimizer", cls, config)
     step = meta.get("optimizer_step")
     if optimizer is None or step is None:
         if optim:
@@ -483,7 +534,9 @@ def _restore(
         if optimizer is not None:
             model.optimizer_state = None  # fit starts a fresh state
         return
-    model.optimizer_state = checks.optimizer_state(model, optimizer, step, optim)
+    model.optimizer_state = checks.optimizer_state(
+        model, optimizer, step, optim, meta.get("optimizer_counts"), meta.get("optimizer_lr")
+    )
 
 
 def _resume_point(point: Any) -> dict[str, Any] | None:

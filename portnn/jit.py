@@ -6,10 +6,11 @@ backward, the loss, the penalties and the optimizer's update -- run once under
 learning rate and batch. XLA then fuses it into one compiled program.
 
 What would otherwise be frozen into the program at trace time is passed in on
-every call instead: the learning rate (schedules change it between epochs),
-the step count (for Adam's bias corrections) and dropout's uniform draws, which
-are drawn on the host from each layer's own generator exactly as in the eager
-loop, so both paths see the same masks.
+every call instead: the optimizer state's numbers -- the learning rate (a
+schedule is evaluated on the host before every step, callbacks change it between
+epochs) and the step counts (for Adam's bias corrections) -- and dropout's
+uniform draws, which are drawn on the host from each layer's own generator
+exactly as in the eager loop, so both paths see the same masks.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 from ._guard import arrays_of
 from .losses import Loss
 from .nn import Dropout, Module
-from .optimizers import Optimizer, update_trainable
+from .optim.base import Transform
+from .optim.optimizers import update_trainable
 
 __all__ = ["CompiledStep"]
 
@@ -38,7 +40,7 @@ class CompiledStep:
         self,
         model: Module,
         loss: Loss,
-        optimizer: Optimizer,
+        optimizer: Transform,
         value_and_grad: Callable[..., tuple[Any, dict[str, Any], Any]],
         check: bool,
     ) -> None:
@@ -55,22 +57,22 @@ class CompiledStep:
         self._noise_shapes: dict[tuple[int, ...], list[tuple[int, ...]]] = {}
         self._jax = jax
         self._compiled = jax.jit(self._pure_step)
+        self._steps: int | None = None  # the step count on the host, for the schedule
 
     # ------------------------------------------------------------ the pure function
-    def _pure_step(self, params, buffers, opt_state, lr, noise, xb, yb):
+    def _pure_step(self, params, buffers, opt_state, noise, xb, yb):
         model, opt, xp = self.model, self.optimizer, self.model.xp
-        saved_params, saved_buffers, saved_lr = model.parameters(), model.buffers(), opt.lr
+        saved_params, saved_buffers = model.parameters(), model.buffers()
         try:
             self._set(params, buffers)
             if noise is not None:  # None: the caller has put its own draws in place
                 draws = iter(noise)
                 for layer in self._dropouts:
                     layer.uniform = lambda shape: next(draws)
-            opt.lr = lr
             value, grads, pred = self._value_and_grad(model, self.loss, xb, yb)
             new_buffers = dict(model.buffers())
             trainable = list(model.parameters(trainable_only=True))
-            new_params, new_state = update_trainable(opt, dict(params), trainable, grads, opt_state, xp)
+            new_params, new_state = update_trainable(opt, dict(params), trainable, grads, opt_state, xp, prepared=True)
             new_params = {**params, **new_params}  # frozen ones as they were
             finite = None
             if self.check:
@@ -90,7 +92,6 @@ class CompiledStep:
             if noise is not None:
                 for layer in self._dropouts:
                     del layer.uniform  # back to the class's host draw
-            opt.lr = saved_lr
         return new_params, new_buffers, new_state, value, pred, finite
 
     def _set(self, params: dict[str, Any], buffers: dict[str, Any]) -> None:
@@ -115,7 +116,7 @@ class CompiledStep:
             for layer in self._dropouts:
                 layer.uniform = record
             try:
-                self._jax.eval_shape(lambda *a: self._pure_step(*a[:4], None, *a[4:]), *args, xb, yb)
+                self._jax.eval_shape(lambda *a: self._pure_step(*a[:3], None, *a[3:]), *args, xb, yb)
             finally:
                 for layer in self._dropouts:
                     layer.__dict__.pop("uniform", None)
@@ -127,30 +128,47 @@ class CompiledStep:
         ]
 
     def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
-        model, opt = self.model, self.optimizer
+        model = self.model
         state = model.optimizer_state
-        # the step count goes in as an array so that each step does not compile anew
-        step = state["step"]
-        if not hasattr(step, "dtype"):
-            state = {**state, "step": model.xp.asarray(step, dtype=_dtype(xb))}
-        lr = model.xp.asarray(opt.lr, dtype=_dtype(xb))
-        args = (dict(model.parameters()), dict(model.buffers()), state, lr)
+        if self._steps is None:
+            self._steps = int(state["step"])
+        # the schedule's rate on the host; the numbers go in as arrays so that no step compiles anew
+        state = self.optimizer.prepare({**state, "step": self._steps})
+        host_lr = state.get("lr")  # the state keeps the rate as the host computed it
+        state = _as_arrays(state, model.xp, _dtype(xb))
+        args = (dict(model.parameters()), dict(model.buffers()), state)
         noise = self._noise(xb, yb, args)
         new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
         ok = None if finite is None else bool(finite)
         with model.weights_lock.writing():
             if ok is not False:
                 self._set(new_params, new_buffers)
-                model.optimizer_state = new_state
+                model.optimizer_state = new_state if host_lr is None else {**new_state, "lr": host_lr}
+                self._steps += 1
             else:
-                model.optimizer_state = state
+                model.optimizer_state = state if host_lr is None else {**state, "lr": host_lr}
         return value, pred, ok
 
     def finish(self) -> None:
-        """Give the optimizer state its host step count back (as the eager loop keeps it)."""
+        """Give the optimizer state its host numbers back (as the eager loop keeps them)."""
         state = self.model.optimizer_state
         if isinstance(state, dict) and hasattr(state.get("step"), "dtype"):
-            self.model.optimizer_state = {**state, "step": int(state["step"])}
+            host = {**state, "step": int(state["step"]), "counts": {k: int(c) for k, c in state["counts"].items()}}
+            if "lr" in host:
+                host["lr"] = float(host["lr"])
+            self.model.optimizer_state = host
+        self._steps = None
+
+
+def _as_arrays(state: dict[str, Any], xp: Any, dtype: Any) -> dict[str, Any]:
+    """The state with its step counts and rate as 0-d arrays of the batch's dtype."""
+    def number(v: Any) -> Any:
+        return v if hasattr(v, "dtype") else xp.asarray(v, dtype=dtype)
+
+    new = {**state, "step": number(state["step"]), "counts": {k: number(c) for k, c in state["counts"].items()}}
+    if "lr" in new:
+        new["lr"] = number(new["lr"])
+    return new
 
 
 def _dtype(xb: Any) -> Any:

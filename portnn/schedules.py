@@ -1,11 +1,13 @@
-"""Learning-rate schedules, used as callbacks: ``fit(..., callbacks=[CosineAnnealingLR(10)])``.
+"""Epoch learning-rate schedules, used as callbacks: ``fit(..., callbacks=[CosineAnnealingLR(10)])``.
 
-Each schedule sets ``model.optimizer.lr`` at the start of every epoch from the
-epoch index and the learning rate the optimizer was created with (its *base*
-rate), with PyTorch's formulas. The rate of every epoch of a run is checked when
-training begins: a schedule whose rate overflows or is not a finite number >= 0
-is a ``ValueError`` before the first step. ``ReduceLROnPlateau`` instead lowers the rate
-when a logged quantity stops improving.
+Each schedule sets the rate in the optimizer state (``model.optimizer_state["lr"]``)
+at the start of every epoch from the epoch index and the optimizer's own rate (its
+*base* rate, ``optimizer.lr``, which nothing changes), with PyTorch's formulas. The
+rate of every epoch of a run is checked when training begins: a schedule whose rate
+overflows or is not a finite number >= 0 is a ``ValueError`` before the first step.
+``ReduceLROnPlateau`` instead lowers the state's rate when a logged quantity stops
+improving. Schedules of the step (per batch) are the optimizer's own ``lr=``: see
+:mod:`portnn.optim.schedules`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 
 from ._checks import count, positive_number
 from .callbacks import Callback, _Monitor
+from .optim.base import learning_rate, with_learning_rate
 
 __all__ = [
     "CosineAnnealingLR",
@@ -36,9 +39,7 @@ class Schedule(Callback):
         return base_lr * self.factor(epoch)
 
     def _base_lr(self) -> float:
-        optimizer = self.model.optimizer
-        base = getattr(optimizer, "initial_lr", None)
-        return optimizer.lr if base is None else base
+        return _constant_rate(self, self.model.optimizer)
 
     def _checked_lr(self, epoch: int, base: float) -> float:
         """The rate of ``epoch``, or a ValueError if it is not a finite number >= 0."""
@@ -61,12 +62,19 @@ class Schedule(Callback):
             self._checked_lr(epoch, base)
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
-        optimizer = self.model.optimizer
-        base = self._base_lr()
-        lr = self._checked_lr(epoch, base)  # before anything changes
-        if getattr(optimizer, "initial_lr", None) is None:
-            optimizer.initial_lr = base
-        optimizer.lr = lr
+        lr = self._checked_lr(epoch, self._base_lr())
+        self.model.optimizer_state = with_learning_rate(self.model.optimizer_state, lr)
+
+
+def _constant_rate(callback: Callback, optimizer: Any) -> float:
+    """The optimizer's own rate, which an epoch schedule scales; a clear error for a per-step schedule."""
+    lr = getattr(optimizer, "lr", None)
+    if callable(lr) or not isinstance(lr, int | float):
+        raise TypeError(
+            f"{type(callback).__name__} sets the rate of an optimizer with a constant lr; "
+            f"{optimizer!r} has lr={lr!r} (a schedule of the step sets its own rate every step)"
+        )
+    return float(lr)
 
 
 class StepLR(Schedule):
@@ -150,6 +158,7 @@ class ReduceLROnPlateau(_Monitor):
             return
         self.wait += 1
         if self.wait > self.patience:
-            optimizer = self.model.optimizer
-            optimizer.lr = max(optimizer.lr * self.factor, self.min_lr)
+            _constant_rate(self, self.model.optimizer)
+            state = self.model.optimizer_state
+            self.model.optimizer_state = with_learning_rate(state, max(learning_rate(state) * self.factor, self.min_lr))
             self.wait = 0

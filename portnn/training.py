@@ -25,7 +25,8 @@ from .nn import Module, Sigmoid, Softmax
 from .nn.module import call_backward, provide_workflows
 from .losses import Loss, get_loss
 from .metrics import Batch, Metric, get_metric
-from .optimizers import SGD, Optimizer, get_optimizer, update_trainable
+from .optim.base import Transform, learning_rate, with_learning_rate
+from .optim.optimizers import SGD, get_optimizer, update_trainable
 from ._guard import TrainingDivergedError, all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
@@ -245,7 +246,7 @@ def fit(
     X: Any,
     y: Any,
     loss: Loss | str | None = None,
-    optimizer: Optimizer | str | None = None,
+    optimizer: Transform | str | None = None,
     epochs: int = 1,
     batch_size: int | None = None,
     shuffle: bool = True,
@@ -263,7 +264,8 @@ def fit(
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
-    ``loss`` and ``optimizer`` are objects or names; once given they are kept on
+    ``loss`` and ``optimizer`` are objects or names (an optimizer may be any
+    transform or ``chain(...)`` of :mod:`portnn.optim`); once given they are kept on
     the model (``model.loss``, ``model.optimizer``, ``model.optimizer_state``) and
     reused by later calls, so a second ``fit`` continues where the first stopped.
     ``batch_size=None`` trains on the full batch; the last batch may be smaller.
@@ -377,7 +379,8 @@ def fit(
     # everything is valid: from here on the model may change; if fit fails before its
     # first step, these are put back
     previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history", "resume_point")}
-    optimizer_before = dict(vars(opt))  # a schedule's lr and initial_lr included
+    optimizer_before = dict(vars(opt))  # a rate assigned to opt.lr included
+    assigned_lr = getattr(opt, "lr", None)
     model.loss = loss_obj
     if opt is not getattr(model, "optimizer", None) or getattr(model, "optimizer_state", None) is None:
         model.optimizer = opt
@@ -409,6 +412,7 @@ def fit(
             for epoch in range(initial_epoch, epochs):
                 for cb in callback_objs:
                     cb.on_epoch_begin(epoch, logs)
+                assigned_lr = _take_assigned_rate(model, opt, assigned_lr)
                 for m in metric_objs:
                     m.reset()
                 progress.start_epoch(epoch)
@@ -451,7 +455,7 @@ def fit(
                 if validation is not None:
                     val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
                     logs.update({f"val_{k}": v for k, v in val.items()})
-                logs["lr"] = float(opt.lr)
+                logs["lr"] = learning_rate(model.optimizer_state)
                 if on_nonfinite == "skip_batch":
                     logs["skipped_batches"] = float(skipped)
                 seconds = progress.end_epoch(epoch, logs)
@@ -498,7 +502,7 @@ class _EagerStep:
     """
 
     def __init__(
-        self, model: Module, loss: Loss, opt: Optimizer, penalized: list, check: bool, dist: Any, interrupt: Any
+        self, model: Module, loss: Loss, opt: Transform, penalized: list, check: bool, dist: Any, interrupt: Any
     ) -> None:
         self.model, self.loss, self.opt, self.penalized = model, loss, opt, penalized
         self.check, self.dist, self.interrupt = check, dist, interrupt
@@ -525,7 +529,16 @@ class _EagerStep:
         return value, pred, finite
 
 
-def _compiled_step(model: Module, loss: Loss, opt: Optimizer, penalized: list, check: bool) -> Any:
+def _take_assigned_rate(model: Module, opt: Any, assigned: Any) -> Any:
+    """A number assigned to ``opt.lr`` during fit (callbacks written for optimizers that kept
+    their rate as an attribute, such as LearningRateScheduler) becomes the rate in the state."""
+    lr = getattr(opt, "lr", None)
+    if lr is not assigned and not callable(lr) and lr != assigned:
+        model.optimizer_state = with_learning_rate(model.optimizer_state, lr)
+    return lr
+
+
+def _compiled_step(model: Module, loss: Loss, opt: Transform, penalized: list, check: bool) -> Any:
     from .jit import CompiledStep
 
     return CompiledStep(model, loss, opt, lambda m, l, xb, yb: _value_and_grad(m, l, xb, yb, penalized), check)

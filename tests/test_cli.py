@@ -168,7 +168,7 @@ def test_main_runs_on_the_current_backend(capsys, backend):
 
 
 def test_every_activation_and_optimizer_name_trains(capsys):
-    from portnn.optimizers import OPTIMIZERS
+    from portnn.optim import OPTIMIZERS
 
     tiny = "train --dataset xor --hidden 4 --epochs 1 --verbose 0"
     for activation in ACTIVATIONS:

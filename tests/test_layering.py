@@ -3,7 +3,7 @@
 Every import in portnn's source counts, those inside functions too: a lazy import
 is still a dependency. The levels, bottom up:
 
-* foundation: backends, checks, math (functional, losses, metrics, optimizers, init), data;
+* foundation: backends, checks, math (functional, losses, metrics, optim, init), data;
 * ``portnn.nn``: the module protocol, the layers, the combinators;
 * the tools that use models: training, callbacks, io, export, estimators, testing, ...;
 * the entry points: the package itself and the CLI.
@@ -20,7 +20,8 @@ PACKAGE = Path(portnn.__file__).parent
 
 FOUNDATION = {
     "_checks", "_guard", "_rwlock", "_signals", "_tree", "_version", "backend", "data",
-    "datasets", "functional", "init", "losses", "metrics", "optimizers", "progress", "weights",
+    "datasets", "functional", "init", "losses", "metrics", "progress", "weights",
+    "optim", "optim.base", "optim.optimizers", "optim.schedules", "optim.transforms",
     "metric_base", "class_scores",
 }
 ENTRY = {"portnn", "portnn.__main__", "portnn.cli"}

@@ -36,7 +36,7 @@ import portnn as pn  # noqa: E402
 from portnn import backend as backend_module  # noqa: E402
 from portnn.losses import get_loss  # noqa: E402
 from portnn.metrics import get_metric  # noqa: E402
-from portnn.optimizers import get_optimizer  # noqa: E402
+from portnn.optim import get_optimizer  # noqa: E402
 
 # PORTNN_FUZZ_EXAMPLES=2000 for a long soak; the default keeps each backend's run to seconds
 EXAMPLES = int(os.environ.get("PORTNN_FUZZ_EXAMPLES", "40"))
@@ -660,7 +660,7 @@ TABLES = {"loss": get_loss, "optimizer": get_optimizer, "metric": get_metric}
 def test_unknown_names_suggest_the_closest_known_one(kind, data):
     from portnn.losses import LOSSES
     from portnn.metrics import METRICS as METRIC_TABLE
-    from portnn.optimizers import OPTIMIZERS
+    from portnn.optim import OPTIMIZERS
 
     table = {"loss": LOSSES, "optimizer": OPTIMIZERS, "metric": METRIC_TABLE}[kind]
     known = data.draw(st.sampled_from(sorted(table)), label="known")

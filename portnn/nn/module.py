@@ -495,9 +495,10 @@ class Module:
         """Predicted class labels; see :func:`portnn.predict_classes`."""
         return workflow("predict_classes")(self, X, batch_size=batch_size)
 
-    def save(self, path: Any) -> None:
-        """Save architecture, parameters and optimizer state to ``path``; see :func:`portnn.load`."""
-        workflow("save")(self, path)
+    def save(self, path: Any, metadata: Any = None) -> None:
+        """Save architecture, parameters and optimizer state (and ``metadata``, notes of
+        your own) to ``path``; see :func:`portnn.save` and :func:`portnn.load`."""
+        workflow("save")(self, path, metadata)
 
     def summary(self, input_shape: Any = None, file: Any = _STDOUT) -> Any:
         """A table of every module: name, type, output shape, parameter count; see :mod:`portnn.nn.summary`.
