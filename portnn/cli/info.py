@@ -61,6 +61,19 @@ def _devices(name: str) -> list[str]:
     return []
 
 
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _torch_build() -> str:
+    """Which torch build is installed: "CPU build" or "CUDA 12.8 build" (torch.version.cuda, read without a GPU)."""
+    try:
+        import torch
+    except Exception as e:  # a broken install should not break `portnn info`
+        return f"unreadable: {type(e).__name__}"
+    cuda = getattr(torch.version, "cuda", None)
+    return f"CUDA {cuda} build" if cuda else "CPU build"
+
+
 def _backend_rows() -> list[tuple[str, str, str, str]]:
     from .. import backend as backend_module
 
@@ -73,6 +86,8 @@ def _backend_rows() -> list[tuple[str, str, str, str]]:
             version = next(
                 (_version(d) for d in ("cupy-cuda13x", "cupy-cuda12x") if _version(d)), ""
             )
+        if name == "torch" and installed and version:
+            version = f"{version} ({_torch_build()})"
         if name in usable:
             status = "available"
             try:
@@ -83,6 +98,8 @@ def _backend_rows() -> list[tuple[str, str, str, str]]:
             status, devices = "unusable", "no CUDA device visible" if name == "cupy" else ""
         elif name == "cupy":
             status, devices = "not installed", 'pip install "portnn[cuda13]" (or [cuda12])'
+        elif name == "torch":  # a plain `pip install torch` on Linux is a CUDA build of several GB
+            status, devices = "not installed", f"pip install torch --index-url {TORCH_CPU_INDEX} (CPU build)"
         else:
             status, devices = "not installed", f'pip install "{requirement}"'
         rows.append((name, status, version, devices))
@@ -98,8 +115,10 @@ def cmd_info(args: argparse.Namespace) -> int:
     except Exception as e:
         print(f"default backend: unusable ({e})")
     print("backends:")
-    for name, status, version, devices in _backend_rows():
-        line = f"  {name:<17} {status:<14} {version:<12} {devices}"
+    rows = _backend_rows()
+    width = max([12, *(len(version) for _, _, version, _ in rows)])  # torch's names its build
+    for name, status, version, devices in rows:
+        line = f"  {name:<17} {status:<14} {version:<{width}} {devices}"
         print(line.rstrip())
     print("extras:")
     for extra, module in EXTRAS.items():
