@@ -253,28 +253,28 @@ def test_train_on_a_csv_then_predict_csv_rows(capsys, tmp_path, rng):
     assert accuracy_of(out) == 1.0
     code, out, err = run_main(capsys, "evaluate", model, "--dataset", data, "--target label")
     assert code == 0 and accuracy_of(out) == 1.0, err
-    # the labelled file itself, leaving out its label column ("no" is class 0, "yes" class 1)
+    # the labelled file itself, leaving out its label column; the classes print by name
     code, out, err = run_main(capsys, "predict", model, "--input", data, "--target label")
     assert code == 0, err
-    assert out.split() == ["0"] * 30 + ["1"] * 30
-    # without --target: the label column is named in the error
+    assert out.split() == ["no"] * 30 + ["yes"] * 30
+    # without --target: the model knows its feature columns by name and leaves the label out
     code, out, err = run_main(capsys, "predict", model, "--input", data)
-    assert code == 2
-    assert_one_line_error(err, "row 2, column 'label': 'no' is not a number", "--target")
-    (tmp_path / "numeric.csv").write_text("x1,x2,y\n-2,-2,0\n")
+    assert code == 0 and out.split() == ["no"] * 30 + ["yes"] * 30, err
+    # a header-less file is taken column by column: an extra label column is named
+    (tmp_path / "numeric.csv").write_text("-2,-2,0\n")
     code, out, err = run_main(capsys, "predict", model, "--input", tmp_path / "numeric.csv")
     assert code == 2
     assert_one_line_error(err, "takes 2 features", "has 3", "--target")
     # a header-less CSV, an NPZ and an NPY of features
     (tmp_path / "new.csv").write_text("-2,-2\n2.5,1.5\n")
     code, out, err = run_main(capsys, "predict", model, "--input", tmp_path / "new.csv")
-    assert code == 0 and out.split() == ["0", "1"], err
+    assert code == 0 and out.split() == ["no", "yes"], err
     np.savez(tmp_path / "new.npz", X=np.array([[2.0, 2.0], [-2.0, -1.0]]))
     code, out, err = run_main(capsys, "predict", model, "--input", tmp_path / "new.npz")
-    assert code == 0 and out.split() == ["1", "0"], err
+    assert code == 0 and out.split() == ["yes", "no"], err
     np.save(tmp_path / "one.npy", np.array([3.0, 2.0]))  # one sample
     code, out, err = run_main(capsys, "predict", model, "--input", tmp_path / "one.npy")
-    assert code == 0 and out.split() == ["1"], err
+    assert code == 0 and out.split() == ["yes"], err
     code, out, err = run_main(capsys, "predict", model, "--input", tmp_path / "new.txt")
     assert code == 2
     assert_one_line_error(err, "no input file")

@@ -474,3 +474,23 @@ def test_a_file_without_its_checksum_is_rejected(tmp_path):
     st.save_file(tensors, str(tmp_path / "stripped.safetensors"), metadata={"portnn": metadata["portnn"]})
     with pytest.raises(ValueError, match="checksum"):
         pn.load(tmp_path / "stripped.safetensors")
+
+
+def test_metadata_of_ones_own_is_kept_in_the_file(tmp_path):
+    pytest.importorskip("safetensors")
+    model = pn.Sequential(pn.Dense(3, 2, seed=0))
+    notes = {"classes": ["setosa", "versicolor"], "target": "species", "scale": 1.5, "ok": True, "none": None}
+    model.save(tmp_path / "m.safetensors", metadata=notes)
+    loaded = pn.load(tmp_path / "m.safetensors")
+    assert loaded.metadata == notes
+    loaded.save(tmp_path / "again.safetensors")  # a loaded model keeps its notes when saved again
+    assert pn.load(tmp_path / "again.safetensors").metadata == notes
+    assert pn.load(tmp_path / "m.safetensors").metadata is not notes
+    plain = tmp_path / "plain.safetensors"
+    pn.Sequential(pn.Dense(3, 2, seed=0)).save(plain)
+    assert pn.load(plain).metadata == {}
+    with pytest.raises(TypeError, match="metadata must hold JSON values"):
+        model.save(tmp_path / "bad.safetensors", metadata={"f": object()})
+    with pytest.raises(TypeError, match="metadata must be a dict"):
+        model.save(tmp_path / "bad.safetensors", metadata=["a"])
+    assert not (tmp_path / "bad.safetensors").exists()

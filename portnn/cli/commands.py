@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 
-from .files import check_output, load_data, load_model, read_samples
+from .files import check_output, load_model, read_samples
 from .models import (
     build_cnn,
     build_mlp,
     choose_optimizer,
-    class_count,
     describe,
     image_shape,
     model_kind,
@@ -27,6 +26,8 @@ from .models import (
     n_outputs,
 )
 from .parser import CommandError
+from .sources import Split, test_split, training_split
+from .tables import Encoding, read_table
 
 
 @contextlib.contextmanager
@@ -88,43 +89,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     optimizer = choose_optimizer(args.optimizer, args.lr)
     _check_outputs(args)
 
-    X_train, X_test, y_train, y_test = load_data(args)
-    n_classes = class_count(args.dataset, y_train, y_test)
-    model = _build(args, kind, X_train.shape[1], n_classes)
+    data = training_split(args)
+    model = _build(args, kind, data)
+    regression = data.task == "regression"
+    outputs = "a value to predict" if regression else f"{data.n_outputs} classes"
     print(
-        f"data: {args.dataset}: {X_train.shape[0]} train / {X_test.shape[0]} test samples, "
-        f"{X_train.shape[1]} features, {n_classes} classes"
+        f"data: {args.dataset}: {data.X_train.shape[0]} train / {data.X_test.shape[0]} test samples, "
+        f"{data.X_train.shape[1]} features, {outputs}"
     )
+    for note in data.notes:
+        print(note)
+    epochs = args.epochs if args.epochs is not None else _default_epochs(data, args.batch_size)
     print(
         f"model: {kind} {describe(model)} ({args.activation}), {model.num_parameters():,} "
         f"parameters, {type(optimizer).__name__} lr={optimizer.lr:g}, backend {backend}"
     )
     start = time.perf_counter()
     history = model.fit(
-        X_train,
-        y_train,
-        loss="cross_entropy",
+        data.X_train,
+        data.y_train,
+        loss="mse" if regression else "cross_entropy",
         optimizer=optimizer,
-        epochs=args.epochs,
+        epochs=epochs,
         batch_size=args.batch_size,
         seed=args.seed,
         verbose=args.verbose,
-        validation_data=(X_test, y_test),
-        metrics=["accuracy"],
+        validation_data=(data.X_test, data.y_test),
+        metrics=["mae", "r2"] if regression else ["accuracy"],
         distributed=args.distributed,
     )
     seconds = time.perf_counter() - start
-    loss, accuracy = _scores(model, X_test, y_test)
-    print(f"trained {args.epochs} epochs in {seconds:.2f}s")
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
+    print(f"trained {epochs} epochs in {seconds:.2f}s")
+    _print_scores(model, data.task, data.X_test, data.y_test)
     if args.out and root:
-        model.save(args.out)
+        model.save(args.out, metadata={"cli": _file_notes(args, data)})
         print(f"saved model to {args.out}")
     if args.plot and root:
-        _write_plot(args.plot, model, history, X_train, y_train)
+        _write_plot(args.plot, model, history, data.X_train, data.y_train)
         print(f"saved plot to {args.plot}")
     return 0
+
+
+def _default_epochs(data: Split, batch_size: int) -> int:
+    """20 epochs; for a CSV table, as many as 300 steps take where that is more (a small
+    table has few steps an epoch), said in a line."""
+    if data.encoding is None:
+        return 20
+    steps = -(-data.X_train.shape[0] // batch_size)
+    epochs = max(20, -(-300 // steps))
+    if epochs > 20:
+        print(f"epochs: {epochs} (300 steps of {batch_size} rows for a table of "
+              f"{data.X_train.shape[0]}; --epochs to choose)")
+    return epochs
+
+
+def _file_notes(args: argparse.Namespace, data: Split) -> dict[str, Any]:
+    """What the model file keeps for ``evaluate`` and ``predict``: the task, and a CSV's layout."""
+    notes: dict[str, Any] = {"task": data.task}
+    if data.encoding is not None:
+        notes["table"] = data.encoding.to_json()
+    return notes
+
+
+def _print_scores(model: Any, task: str, X: np.ndarray, y: np.ndarray) -> None:
+    if task == "regression":
+        scores = model.evaluate(X, y, loss="mse", metrics=["mae", "r2"])
+        print(f"test mse: {float(scores['loss']):.4f}")
+        print(f"test mae: {float(scores['mae']):.4f}")
+        print(f"test r2: {float(scores['r2']):.4f}")
+        return
+    loss, accuracy = _scores(model, X, y)
+    print(f"test loss: {loss:.4f}")
+    print(f"test accuracy: {accuracy:.4f}")
 
 
 def _check_outputs(args: argparse.Namespace) -> None:
@@ -147,13 +183,28 @@ def _check_outputs(args: argparse.Namespace) -> None:
             ) from None
 
 
-def _build(args: argparse.Namespace, kind: str, n_features: int, n_classes: int) -> Any:
-    """The network of ``--model``: dropout 0.5 by default in a cnn, none in an mlp."""
+def _build(args: argparse.Namespace, kind: str, data: Split) -> Any:
+    """The network of ``--model``: dropout 0.5 by default in a cnn, none in an mlp; a CSV's
+    features standardized first (unless --no-scale); a regression's output put back in the
+    target's units by a frozen last layer (so the layers before it learn a standardized target)."""
+    import portnn as pn
+
     dropout = args.dropout if args.dropout is not None else (0.5 if kind == "cnn" else 0.0)
+    before, after = [], []
+    if data.encoding is not None and not args.no_scale:
+        before.append(pn.Standardize().adapt(data.X_train))
+    if data.task == "regression":
+        mean, std = float(np.mean(data.y_train)), float(np.std(data.y_train)) or 1.0
+        unscale = pn.Dense(1, 1, weight=[[std]], bias=[mean])
+        unscale.trainable = False
+        after.append(unscale)
+    n_features = data.X_train.shape[1]
     if kind == "mlp":
-        return build_mlp(n_features, args.hidden, n_classes, args.activation, args.seed, dropout)
+        return build_mlp(n_features, args.hidden, data.n_outputs, args.activation, args.seed, dropout,
+                         before=before, after=after)
     shape = image_shape(args, n_features)
-    return build_cnn(shape, args.conv, args.hidden, n_classes, args.activation, args.seed, dropout)
+    return build_cnn(shape, args.conv, args.hidden, data.n_outputs, args.activation, args.seed, dropout,
+                     before=before, after=after)
 
 
 def _distributed_root(distributed: bool) -> bool:
@@ -190,37 +241,83 @@ def _write_plot(path: str, model: Any, history: Any, X: np.ndarray, y: np.ndarra
         plt.close(fig)
 
 
+def _file_notes_of(model: Any, where: str) -> tuple[str, Encoding | None]:
+    """The task and the CSV layout ``train`` kept in the model file (classification and
+    none for a file from elsewhere)."""
+    notes = (getattr(model, "metadata", None) or {}).get("cli") or {}
+    task = notes.get("task", "classification")
+    if task not in ("classification", "regression"):
+        raise CommandError(f"{where}: the stored task {task!r} is neither classification nor regression")
+    table = notes.get("table")
+    return task, (Encoding.from_json(table, where) if table is not None else None)
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.backend)
-    _, X_test, _, y_test = load_data(args)
+    task, encoding = _file_notes_of(model, args.model)
+    X_test, y_test = test_split(args, encoding)
     _check_width(model, X_test, f"data set {args.dataset!r}")
-    loss, accuracy = _scores(model, X_test, y_test)
     print(f"test samples: {X_test.shape[0]}")
-    print(f"test loss: {loss:.4f}")
-    print(f"test accuracy: {accuracy:.4f}")
+    _print_scores(model, task, X_test, y_test)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     model = load_model(args.model, args.backend)
+    task, encoding = _file_notes_of(model, args.model)
+    if args.proba and task == "regression":
+        raise CommandError("--proba: the model predicts values (a regression), not classes")
     if args.out:
         check_output("--out", args.out)
-    X = read_samples(args.input, args.target)
+    X = _samples_for(args, encoding)
     hint = ""
     width = n_inputs(model)
     if width is not None and X.shape[1] == width + 1 and args.target is None:
         hint = "; leave out a label column with --target COL"
     _check_width(model, X, f"{args.input}", hint)
-    classes = _predicted_classes(model, X)
+    classes = encoding.classes if encoding is not None else None
+    header, rows = _predictions(model, task, X, classes, args.proba)
     if args.out:
         with open(args.out, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["prediction"])
-            writer.writerows([int(c)] for c in classes)
-        print(f"wrote {classes.shape[0]} predictions to {args.out}")
+            writer.writerow(header)
+            writer.writerows(rows)
+        print(f"wrote {len(rows)} predictions to {args.out}")
     else:
-        sys.stdout.write("".join(f"{int(c)}\n" for c in classes))
+        lines = ([",".join(header)] if args.proba else []) + [",".join(row) for row in rows]
+        sys.stdout.write("".join(f"{line}\n" for line in lines))
     return 0
+
+
+def _samples_for(args: argparse.Namespace, encoding: Encoding | None) -> np.ndarray:
+    """The rows to predict: a CSV with a header read by the model's column names, when it
+    was trained on a CSV; anything else as numbers in the order given."""
+    if encoding is not None and args.input.lower().endswith(".csv") and args.target is None:
+        try:
+            table = read_table(args.input, "--input")
+        except CommandError:
+            table = None  # no header row: the columns are taken in order
+        except (OSError, UnicodeDecodeError):
+            table = None  # read_samples names the problem
+        if table is not None:
+            return encoding.features_of(table, args.ignore_unknown)
+    return read_samples(args.input, args.target)
+
+
+def _predictions(model: Any, task: str, X: np.ndarray, classes: list[str] | None,
+                 proba: bool) -> tuple[list[str], list[list[str]]]:
+    from ..backend import to_numpy
+
+    if task == "regression":
+        values = np.asarray(to_numpy(model.predict(X)), dtype=np.float64).reshape(len(X), -1)[:, 0]
+        return ["prediction"], [[f"{v:.6g}"] for v in values]
+    if proba:
+        p = np.asarray(to_numpy(model.predict_proba(X)), dtype=np.float64)
+        names = classes or [str(k) for k in range(p.shape[1])]
+        return names, [[f"{v:.6g}" for v in row] for row in p]
+    predicted = _predicted_classes(model, X)
+    names = classes or [str(k) for k in range(int(predicted.max(initial=0)) + 1)]
+    return ["prediction"], [[names[int(c)]] for c in predicted]
 
 
 def cmd_export(args: argparse.Namespace) -> int:

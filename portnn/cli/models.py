@@ -104,22 +104,25 @@ def _dense_layers(width: int, hidden: Sequence[int], n_classes: int, activation:
 
 
 def build_mlp(n_features: int, hidden: Sequence[int], n_classes: int, activation: str,
-              seed: int, dropout: float = 0.0) -> Any:
-    """Dense, activation, ..., Dense; the layers are seeded ``seed``, ``seed + 1``, ..."""
+              seed: int, dropout: float = 0.0, before: Sequence[Any] = (), after: Sequence[Any] = ()) -> Any:
+    """Dense, activation, ..., Dense; the layers are seeded ``seed``, ``seed + 1``, ...
+    ``before`` and ``after`` are layers put in front and at the end (scaling)."""
     import portnn as pn
 
-    return pn.Sequential(*_dense_layers(n_features, hidden, n_classes, activation, dropout, _count(seed)))
+    dense = _dense_layers(n_features, hidden, n_classes, activation, dropout, _count(seed))
+    return pn.Sequential(*before, *dense, *after)
 
 
 def build_cnn(shape: tuple[int, int, int], conv: Sequence[ConvItem] | None, hidden: Sequence[int],
-              n_classes: int, activation: str, seed: int, dropout: float = 0.0) -> Any:
+              n_classes: int, activation: str, seed: int, dropout: float = 0.0,
+              before: Sequence[Any] = (), after: Sequence[Any] = ()) -> Any:
     """Reshape to ``shape``, the ``--conv`` layers (each convolution followed by the
     activation), Flatten, then the dense layers as in :func:`build_mlp`."""
     import portnn as pn
 
     seeds = _count(seed)
     channels, height, width = shape
-    layers: list[Any] = [pn.Reshape(shape)]
+    layers: list[Any] = [*before, pn.Reshape(shape)]
     for item in _conv_spec(DEFAULT_CONV) if conv is None else conv:
         if item.kind == "conv":
             layers += [
@@ -140,7 +143,7 @@ def build_cnn(shape: tuple[int, int, int], conv: Sequence[ConvItem] | None, hidd
             )
     layers.append(pn.Flatten())
     layers += _dense_layers(channels * height * width, hidden, n_classes, activation, dropout, seeds)
-    return pn.Sequential(*layers)
+    return pn.Sequential(*layers, *after)
 
 
 def _count(start: int) -> Iterator[int]:
@@ -155,7 +158,12 @@ def describe(model: Any) -> str:
     width = None  # the width the last dense layer gave
     for layer in model.layers:
         name = type(layer).__name__
-        if name == "Reshape":
+        if name == "Standardize":
+            parts.append(f"standardize {layer.features}")
+            width = layer.features
+        elif not layer.trainable and name == "Dense":
+            parts.append("target units")
+        elif name == "Reshape":
             parts.append("x".join(map(str, layer.shape)))
         elif name == "Conv2D":
             same = ":same" if layer.padding == "same" else ""
@@ -174,7 +182,10 @@ def describe(model: Any) -> str:
 
 def n_inputs(model: Any) -> int | None:
     """The number of features a model built here takes per sample."""
-    first = model.layers[0] if hasattr(model, "layers") and model.layers else model
+    layers = model.layers if hasattr(model, "layers") and model.layers else [model]
+    first = layers[0]
+    if type(first).__name__ == "Standardize" and first.features is not None:
+        return int(first.features)
     if type(first).__name__ == "Reshape" and -1 not in first.shape:
         return math.prod(first.shape)
     return getattr(first, "in_features", None)

@@ -193,7 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--target",
             type=_column,
             metavar="COL",
-            help="label column of a CSV file, by name or index (default: the last)",
+            help="label column of a CSV file, by name or index (default: the last; for a model "
+            "trained on a CSV, the column it was trained with)",
         )
         p.add_argument(
             "--test-size",
@@ -227,6 +228,19 @@ def build_parser() -> argparse.ArgumentParser:
         "convolutional network on images.",
     )
     data_options(train)
+    train.add_argument(
+        "--task",
+        choices=("auto", "classification", "regression"),
+        default="auto",
+        help="what a CSV's target asks for; auto: text labels and up to 20 distinct whole "
+        "numbers are classes, other numbers a regression (default: auto, and it says why)",
+    )
+    train.add_argument(
+        "--no-scale",
+        action="store_true",
+        help="feed a CSV's features as they are (default: standardized by a first "
+        "pn.Standardize layer fitted on the training rows, saved with the model)",
+    )
     train.add_argument(
         "--model",
         choices=("mlp", "cnn"),
@@ -281,7 +295,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="learning rate (default: the optimizer's; 0.05 for sgd)",
     )
-    train.add_argument("--epochs", type=_non_negative_int, default=20, help="(default: 20)")
+    train.add_argument(
+        "--epochs",
+        type=_non_negative_int,
+        default=None,
+        help="(default: 20; for a CSV table, more where 20 would be fewer than 300 steps)",
+    )
     train.add_argument("--batch-size", type=_positive_int, default=64, help="(default: 64)")
     train.add_argument(
         "--backend",
@@ -324,9 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="predicted classes for new samples",
-        description="Print (or write with --out) the class a saved model predicts for each "
-        "row of the input. The input is used as it is: "
-        "give it the scaling the model was trained with.",
+        description="Print (or write with --out) the class (or value) a saved model predicts "
+        "for each row of the input. A model trained on a CSV table reads the feature columns "
+        "it was trained with, by name, and scales and encodes them itself; other input is "
+        "used as it is.",
     )
     predict.add_argument("model", metavar="MODEL", help="a model saved by `portnn train --out`")
     predict.add_argument(
@@ -340,6 +360,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=_column,
         metavar="COL",
         help="a CSV column to leave out (e.g. the labels), by name or index",
+    )
+    predict.add_argument(
+        "--proba",
+        action="store_true",
+        help="print a probability per class (a column per class name) instead of the class",
+    )
+    predict.add_argument(
+        "--ignore-unknown",
+        action="store_true",
+        help="encode a category the model did not see in training as none of them "
+        "(default: an error naming it)",
     )
     predict.add_argument("--out", metavar="PATH", help="write the predictions to this CSV file")
     predict.add_argument("--backend", default=None, help="backend to load the model on")
