@@ -57,7 +57,7 @@ def _fit(rng, verbose):
     return {name: values[-1] for name, values in history.history.items()}
 
 
-@pytest.mark.parametrize("columns", [80, 40])
+@pytest.mark.parametrize("columns", [80, 60, 40])
 def test_fit_on_a_terminal_shows_every_metric(rng, terminal, columns):
     pytest.importorskip("tqdm")
     out = terminal(columns)
@@ -68,7 +68,7 @@ def test_fit_on_a_terminal_shows_every_metric(rng, terminal, columns):
         assert len(frame) < columns, f"a line wider than the terminal: {frame!r}"
 
 
-@pytest.mark.parametrize("columns", [80, 40])
+@pytest.mark.parametrize("columns", [80, 60, 40])
 def test_lines_without_tqdm_show_every_metric(rng, terminal, monkeypatch, columns):
     monkeypatch.setitem(sys.modules, "tqdm.auto", None)  # import tqdm.auto raises ImportError
     out = terminal(columns)
@@ -78,7 +78,7 @@ def test_lines_without_tqdm_show_every_metric(rng, terminal, monkeypatch, column
     _assert_every_metric(lines[1], logs)
 
 
-@pytest.mark.parametrize("columns", [80, 40])
+@pytest.mark.parametrize("columns", [80, 60, 40])
 def test_the_bar_goes_before_the_numbers(terminal, monkeypatch, columns):
     pytest.importorskip("tqdm")
     monkeypatch.setattr(progress, "_REFRESH_SECONDS", -1.0)  # a new layout at every step
@@ -94,7 +94,7 @@ def test_the_bar_goes_before_the_numbers(terminal, monkeypatch, columns):
     frames = [f for f in _frames(running) if "loss" in f]
     assert frames, f"the running loss never showed: {running!r}"
     assert all("loss 2.079" in f and len(f) < columns for f in frames)
-    assert all(("|" in f) == (columns >= 80) for f in frames)  # no room for a bar at 40 columns
+    assert all(("|" in f) == (columns >= 80) for f in frames)  # no room for a bar below 80 columns
     final = out.getvalue()[len(running):]
     _assert_every_metric(final, LOGS)
     assert all(len(line) < columns for line in final.splitlines())
