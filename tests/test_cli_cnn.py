@@ -31,7 +31,7 @@ def test_train_builds_the_layers_of_the_spec(capsys):
     code, out, _ = run_main(capsys, SMALL, "--epochs 0")
     assert code == 0
     # digits are 8x8 images of one channel: 8 filters of 3x3 give 6x6, the pool 3x3
-    assert "model: cnn 1x8x8 -> conv 8:3 -> pool 2 -> 72 -> 32 -> dropout 0.5 -> 10 (relu)" in out
+    assert "model: cnn 1x8x8 -> conv 8:3 -> pool 2 -> dropout 0.25 -> 72 -> 32 -> dropout 0.5 -> 10 (relu)" in out
     assert f"{8 * 9 + 8 + 72 * 32 + 32 + 32 * 10 + 10:,} parameters" in out
 
 
@@ -119,7 +119,7 @@ def test_a_feature_table_that_is_not_a_square_needs_an_image_shape(capsys, tmp_p
         "--epochs 1 --verbose 0",
     )
     assert code == 0, err
-    assert "cnn 3x2x2 -> conv 4:1 -> 16 -> 2" in out
+    assert "cnn 3x2x2 -> conv 4:1 -> dropout 0.25 -> 16 -> 2" in out
 
 
 def test_the_readme_cnn_command_reaches_97_percent_on_mnist5k(capsys, backend_name, tmp_path):

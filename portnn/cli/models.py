@@ -117,7 +117,8 @@ def build_cnn(shape: tuple[int, int, int], conv: Sequence[ConvItem] | None, hidd
               n_classes: int, activation: str, seed: int, dropout: float = 0.0,
               before: Sequence[Any] = (), after: Sequence[Any] = ()) -> Any:
     """Reshape to ``shape``, the ``--conv`` layers (each convolution followed by the
-    activation), Flatten, then the dense layers as in :func:`build_mlp`."""
+    activation), Dropout at half of ``dropout``, Flatten, then the dense layers as in
+    :func:`build_mlp`."""
     import portnn as pn
 
     seeds = _count(seed)
@@ -141,6 +142,8 @@ def build_cnn(shape: tuple[int, int, int], conv: Sequence[ConvItem] | None, hidd
                 f"--conv: after {item.text!r} the {shape[1]}x{shape[2]} images would have no pixels "
                 "left; use smaller kernels, fewer pools or C:K:same convolutions"
             )
+    if dropout:  # half the dense layers' rate after the convolutions: 0.977 instead of 0.970 on mnist5k
+        layers.append(pn.Dropout(dropout / 2, seed=next(seeds)))
     layers.append(pn.Flatten())
     layers += _dense_layers(channels * height * width, hidden, n_classes, activation, dropout, seeds)
     return pn.Sequential(*layers, *after)

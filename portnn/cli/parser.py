@@ -282,7 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=_dropout_rate,
         default=None,
         metavar="P",
-        help="dropout rate after each hidden dense layer (default: 0.5 in a cnn, none in an mlp)",
+        help="dropout rate after each hidden dense layer, and half of it after a cnn's "
+        "convolutions (default: 0.5 in a cnn, none in an mlp)",
     )
     train.add_argument(
         "--optimizer",
