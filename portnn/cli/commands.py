@@ -195,7 +195,8 @@ def _build(args: argparse.Namespace, kind: str, data: Split) -> Any:
         before.append(pn.Standardize().adapt(data.X_train))
     if data.task == "regression":
         mean, std = float(np.mean(data.y_train)), float(np.std(data.y_train)) or 1.0
-        unscale = pn.Dense(1, 1, weight=[[std]], bias=[mean])
+        # float32 as the rest of the network (explicit weights keep the dtype they are given in)
+        unscale = pn.Dense(1, 1, weight=np.array([[std]], dtype=np.float32), bias=np.array([mean], dtype=np.float32))
         unscale.trainable = False
         after.append(unscale)
     n_features = data.X_train.shape[1]
