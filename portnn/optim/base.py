@@ -58,6 +58,16 @@ def scaled(u: Any, factor: Any, owned: bool) -> Any:
     return u * factor
 
 
+def scaled_all(updates: dict[str, Any], factor: Any, owned: bool) -> dict[str, Any]:
+    """Every update times ``factor`` (in place where :func:`scaled` would be; one check for all)."""
+    if owned and updates and is_writeable_array(next(iter(updates.values()))):
+        for k, u in updates.items():
+            u *= factor
+            updates[k] = u  # the array itself where it was written into, its result where not
+        return updates
+    return {k: u * factor for k, u in updates.items()}
+
+
 class Transform:
     """Base class of update transforms: subclasses give ``_init`` and ``_update``.
 
@@ -116,6 +126,14 @@ class Transform:
     def _update(self, updates: dict[str, Any], state: State, params: Any, xp: Any, owned: bool) -> tuple[dict[str, Any], bool]:
         raise NotImplementedError
 
+    #: whether ``_update`` takes ``factor=``: a scalar it multiplies its own fresh updates by,
+    #: so that a chain folds the scalings after it into that one pass
+    takes_factor = False
+
+    def scalar_factor(self, state: State) -> Any:
+        """The factor this transform multiplies every update by, if that is all it does (else None)."""
+        return None
+
     def is_identity(self) -> bool:
         """Whether this transform, with its options, changes nothing (a chain may leave it out)."""
         return False
@@ -162,8 +180,19 @@ class Chain(Transform):
             t._prepare(state)
 
     def _update(self, updates, state, params, xp, owned):
-        for t in self.transforms:
-            updates, owned = t._update(updates, state, params, xp, owned)
+        transforms, i = self.transforms, 0
+        while i < len(transforms):
+            t, i = transforms[i], i + 1
+            factor = None
+            while t.takes_factor and i < len(transforms):  # Adam then -lr: one pass, not two
+                f = transforms[i].scalar_factor(state)
+                if f is None:
+                    break
+                factor, i = f if factor is None else factor * f, i + 1
+            if factor is None:
+                updates, owned = t._update(updates, state, params, xp, owned)
+            else:
+                updates, owned = t._update(updates, state, params, xp, owned, factor=factor)
         return updates, owned
 
     def __repr__(self) -> str:

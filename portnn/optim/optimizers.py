@@ -44,7 +44,7 @@ class Optimizer(Chain):
         self.lr = as_learning_rate(lr)
         self.clip_norm = None if clip_norm is None else positive_number("clip_norm", clip_norm)
         self._groups_given = groups
-        self._built: tuple[Any, Chain] | None = None
+        self._built: tuple[Transform, ...] | None = None
 
     # ------------------------------------------------------------ options and groups
     #: the options of the rule, which a parameter group may set (attributes of the same names)
@@ -97,12 +97,17 @@ class Optimizer(Chain):
         self._group_rules()  # every group's options are valid
 
     # ------------------------------------------------------------ the chain
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name != "_built":
+            self.__dict__["_built"] = None  # an option changed: the chain is built anew
+        super().__setattr__(name, value)
+
     @property
     def transforms(self) -> tuple[Transform, ...]:
-        key = [v for k, v in vars(self).items() if k != "_built"]  # options changed since: build anew
-        if self._built is None or self._built[0] != key:
-            self._built = (key, self._chain())
-        return self._built[1].transforms
+        built = self._built
+        if built is None:
+            built = self._built = self._chain().transforms
+        return built
 
     @transforms.setter
     def transforms(self, value: Any) -> None:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np  # host side only: checking arguments
 
 from .._checks import positive_number
-from .base import Transform, namespace, scaled
+from .base import Transform, namespace, scaled_all
 from .schedules import as_learning_rate, checked_rate, learning_rate_config
 
 __all__ = [
@@ -133,10 +133,13 @@ class Scale(Transform):
             raise ValueError(f"factor must be a finite number, got {factor!r}")
         self.factor = float(factor)
 
+    def scalar_factor(self, state):
+        return self.factor
+
     def _update(self, updates, state, params, xp, owned):
         if self.factor == 1.0:
             return updates, owned
-        return {k: scaled(u, self.factor, owned) for k, u in updates.items()}, True
+        return scaled_all(updates, self.factor, owned), True
 
     def is_identity(self):
         return self.factor == 1.0
@@ -161,9 +164,11 @@ class ScaleByLearningRate(Transform):
         if callable(self.lr):
             state["lr"] = checked_rate(self.lr, int(state["step"]))
 
+    def scalar_factor(self, state):
+        return -state["lr"]
+
     def _update(self, updates, state, params, xp, owned):
-        factor = -state["lr"]
-        return {k: scaled(u, factor, owned) for k, u in updates.items()}, True
+        return scaled_all(updates, -state["lr"], owned), True
 
     def config(self):
         return {"lr": learning_rate_config(self.lr)}
@@ -268,7 +273,9 @@ class ScaleByAdam(Transform):
         more = {"max_exp_avg_sq": 0.0} if self.amsgrad else {}
         return _zero_slots(params, xp, exp_avg=0.0, exp_avg_sq=0.0, **more)
 
-    def _update(self, updates, state, params, xp, owned):
+    takes_factor = True
+
+    def _update(self, updates, state, params, xp, owned, factor=1.0):
         beta1, beta2 = self.betas
         slots, counts, out = state["slots"], state["counts"], {}
         corrections: dict[Any, tuple[Any, Any]] = {}
@@ -290,14 +297,15 @@ class ScaleByAdam(Transform):
             key = count if isinstance(count, int) else id(count)
             if key not in corrections:  # torch's per-parameter step, the bias corrections of step + 1
                 t = count + 1
-                corrections[key] = ((1 - beta2**t) ** 0.5, 1 - beta1**t)
-            root_bc2, bc1 = corrections[key]
+                root_bc2 = (1 - beta2**t) ** 0.5
+                corrections[key] = (root_bc2, root_bc2 / (1 - beta1**t) * factor)
+            root_bc2, scalar = corrections[key]
             # torch's m / bc1 / (sqrt(v / bc2) + eps), with the corrections folded into two
             # scalars so that no pass over the arrays divides by sqrt(bc2)
             denom = xp.sqrt(v)
             denom += self.eps * root_bc2
             u = m / denom
-            u *= root_bc2 / bc1
+            u *= scalar  # the bias corrections and any scalings after this transform
             out[k] = u
         return out, True
 
