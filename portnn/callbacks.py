@@ -35,6 +35,7 @@ from typing import Any
 
 from ._checks import count
 from .backend import to_numpy
+from .optim.base import learning_rate, with_learning_rate
 
 __all__ = [
     "Callback",
@@ -364,7 +365,8 @@ class ModelCheckpoint(_Monitor):
 
 
 class LearningRateScheduler(Callback):
-    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``."""
+    """Set the learning rate at the start of each epoch to ``schedule(epoch, lr)``, ``lr``
+    the current rate (in the optimizer state, where the new one goes too)."""
 
     def __init__(self, schedule: Callable[[int, float], float]) -> None:
         if not callable(schedule):
@@ -372,10 +374,11 @@ class LearningRateScheduler(Callback):
         self.schedule = schedule
 
     def on_epoch_begin(self, epoch: int, logs: dict[str, float]) -> None:
-        lr = float(self.schedule(epoch, self.model.optimizer.lr))
+        state = self.model.optimizer_state
+        lr = float(self.schedule(epoch, learning_rate(state)))
         if not (lr > 0 and math.isfinite(lr)):
             raise ValueError(f"the schedule returned lr={lr!r} for epoch {epoch}; it must be > 0")
-        self.model.optimizer.lr = lr
+        self.model.optimizer_state = with_learning_rate(state, lr)
 
 
 class CSVLogger(Callback):

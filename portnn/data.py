@@ -192,12 +192,25 @@ def _take(xp: Any, data: Any, idx: Any) -> Any:
     return xp.take(data, idx, axis=0)
 
 
+def _on_backend(backend: Backend, data: Any, dtype: Any) -> Any:
+    """``data`` (an array, or a tuple of arrays with a tuple of dtypes) on ``backend``."""
+    if isinstance(data, tuple):
+        return tuple(backend.asarray(d, t) for d, t in zip(data, dtype))
+    return backend.asarray(data, dtype)
+
+
+def _host_rows(data: Any, sel: Any) -> Any:
+    return tuple(d[sel] for d in data) if isinstance(data, tuple) else data[sel]
+
+
 class Batcher:
     """Batches of ``(X, y)`` on the model's backend, in the model's dtype.
 
     Use it as a context manager (or call :meth:`close`): it owns the worker
-    thread that gathers the next host batch. ``y`` may be None (prediction). Batches follow ``order`` (a host permutation)
-    or the data's own order when ``order`` is None.
+    thread that gathers the next host batch. ``y`` may be None (prediction), or a
+    tuple of arrays (targets and sample weights) with a tuple of dtypes ``y_dtype``:
+    each batch then holds a tuple of their rows. Batches follow ``order`` (a host
+    permutation) or the data's own order when ``order`` is None.
     """
 
     def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
@@ -208,7 +221,7 @@ class Batcher:
         self.dtype = dtype
         self.X = X
         self.y_dtype = y_dtype
-        self.y = backend.asarray(y, y_dtype) if self.on_device and y is not None else y
+        self.y = _on_backend(backend, y, y_dtype) if self.on_device and y is not None else y
         # overlap the host gather (and its copy) with compute where there is a device
         self.prefetch = not self.on_device and (str(backend) != "numpy" or self.dask)
         self._pool: ThreadPoolExecutor | None = None
@@ -240,7 +253,7 @@ class Batcher:
             xb = tuple(self.backend.asarray(xi[sel], self.dtype) for xi in self.X)
         else:
             xb = self.backend.asarray(self.X[sel], self.dtype)
-        yb = None if self.y is None else self.backend.asarray(self.y[sel], self.y_dtype)
+        yb = None if self.y is None else _on_backend(self.backend, _host_rows(self.y, sel), self.y_dtype)
         return xb, yb
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
@@ -278,7 +291,7 @@ class Batcher:
                 else:
                     idx = self.backend.asarray(sel)
                     xb = _take(xp, self.X, idx)
-                    yb = None if self.y is None else xp.take(self.y, idx, axis=0)
+                    yb = None if self.y is None else _take(xp, self.y, idx)
                 yield xb, yb, n_samples(xb)
             return
         if self.dask:
@@ -321,7 +334,7 @@ class Batcher:
         out, start = [], 0
         for r in window:
             xb = self.backend.asarray(host[start : start + r.size], self.dtype)
-            yb = None if self.y is None else self.backend.asarray(self.y[r], self.y_dtype)
+            yb = None if self.y is None else _on_backend(self.backend, _host_rows(self.y, r), self.y_dtype)
             out.append((xb, yb, r.size))
             start += r.size
         return out
@@ -336,5 +349,5 @@ class Batcher:
             else:
                 idx = device_order[a:b]
                 xb = _take(xp, self.X, idx)
-                yb = None if self.y is None else xp.take(self.y, idx, axis=0)
+                yb = None if self.y is None else _take(xp, self.y, idx)
             yield xb, yb, b - a

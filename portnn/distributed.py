@@ -363,14 +363,22 @@ class DataParallel:
     def batches(self, batcher: Any, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
         """This rank's share of every batch of the epoch, as ``(xb, yb, global batch size)``."""
         n = len(batcher) if order is None else len(order)
-        selections, spans = [], []
+        rows = np.arange(n) if order is None else order
+        # with sample weights (the second of a pair of targets), ranks weigh their shares by weight
+        weights = to_numpy(batcher.y[1]) if isinstance(batcher.y, tuple) else None
+        selections, spans, shares = [], [], []
         for a in range(0, n, batch_size):
             total = min(a + batch_size, n) - a
             lo, hi = total * self.rank // self.size, total * (self.rank + 1) // self.size
             selections.append(slice(a + lo, a + hi) if order is None else order[a + lo : a + hi])
             spans.append((total, lo, hi))
-        for (xb, yb, _), span in zip(batcher.select(selections), spans):
-            self._span = span
+            if weights is None:
+                shares.append((hi - lo) / total)
+            else:
+                whole = float(np.sum(weights[rows[a : a + total]]))
+                shares.append(float(np.sum(weights[rows[a + lo : a + hi]])) / whole if whole > 0 else 0.0)
+        for (xb, yb, _), span, share in zip(batcher.select(selections), spans, shares):
+            self._span, self._share = span, share
             yield xb, yb, span[0]
 
     def value_and_grad(
@@ -400,7 +408,7 @@ class DataParallel:
         signum = self._signal or interrupt.received
         self._signal = interrupt.received = None
         flags = (float(signum == signal.SIGINT), float(signum == signal.SIGTERM))
-        value, grads, flags = self._reducer(model, value, grads, local / total, flags)
+        value, grads, flags = self._reducer(model, value, grads, self._share, flags)
         if flags[1] > 0:
             interrupt.received = signal.SIGTERM
         elif flags[0] > 0:

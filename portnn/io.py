@@ -554,11 +554,15 @@ def _resume_point(point: Any) -> dict[str, Any] | None:
         raise _Bad(f"resume_point shuffle must be true or false, got {point['shuffle']!r}")
     sums = point["sums"]
     if (
-        not isinstance(sums, list) or len(sums) != 3
-        or isinstance(sums[0], bool) or not isinstance(sums[0], int | float) or not math.isfinite(sums[0])
-        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sums[1:])
+        not isinstance(sums, list) or len(sums) not in (3, 4)
+        or any(isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) for v in sums[::3])
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in sums[1:3])
+        or (len(sums) == 4 and sums[3] < 0)
     ):
-        raise _Bad(f"resume_point sums must be [finite loss sum, samples seen, batches skipped], got {sums!r}")
+        raise _Bad(
+            "resume_point sums must be [finite loss sum, samples seen, batches skipped] and, for a "
+            f"weighted run, the weight seen (finite, >= 0); got {sums!r}"
+        )
     return dict(point)
 
 

@@ -30,7 +30,7 @@ __all__ = ["CompiledStep"]
 class CompiledStep:
     """One training step of ``model`` compiled with ``jax.jit``; call it with a batch.
 
-    ``step(xb, yb)`` applies the step to the model (parameters, buffers and
+    ``step(xb, yb, wb=None)`` (``wb``: the batch's sample weights) applies the step to the model (parameters, buffers and
     optimizer state) unless ``check`` is set and the loss, a gradient, an updated
     parameter or an updated optimizer slot is not finite, and returns ``(loss value, predictions, finite)``; ``finite`` is a
     Python bool (one host read) when ``check`` is set, else None.
@@ -60,7 +60,7 @@ class CompiledStep:
         self._steps: int | None = None  # the step count on the host, for the schedule
 
     # ------------------------------------------------------------ the pure function
-    def _pure_step(self, params, buffers, opt_state, noise, xb, yb):
+    def _pure_step(self, params, buffers, opt_state, noise, xb, yb, wb):
         model, opt, xp = self.model, self.optimizer, self.model.xp
         saved_params, saved_buffers = model.parameters(), model.buffers()
         try:
@@ -69,7 +69,7 @@ class CompiledStep:
                 draws = iter(noise)
                 for layer in self._dropouts:
                     layer.uniform = lambda shape: next(draws)
-            value, grads, pred = self._value_and_grad(model, self.loss, xb, yb)
+            value, grads, pred = self._value_and_grad(model, self.loss, xb, yb, wb)
             new_buffers = dict(model.buffers())
             trainable = list(model.parameters(trainable_only=True))
             new_params, new_state = update_trainable(opt, dict(params), trainable, grads, opt_state, xp, prepared=True)
@@ -99,7 +99,7 @@ class CompiledStep:
         self.model.assign_buffers(buffers)
 
     # ------------------------------------------------------------ per step, on the host
-    def _noise(self, xb: Any, yb: Any, args: tuple) -> list[Any]:
+    def _noise(self, xb: Any, yb: Any, wb: Any, args: tuple) -> list[Any]:
         """Dropout's draws for this batch, from each layer's host generator in forward order."""
         if not self._dropouts:
             return []
@@ -116,7 +116,7 @@ class CompiledStep:
             for layer in self._dropouts:
                 layer.uniform = record
             try:
-                self._jax.eval_shape(lambda *a: self._pure_step(*a[:3], None, *a[3:]), *args, xb, yb)
+                self._jax.eval_shape(lambda *a: self._pure_step(*a[:3], None, *a[3:]), *args, xb, yb, wb)
             finally:
                 for layer in self._dropouts:
                     layer.__dict__.pop("uniform", None)
@@ -127,7 +127,7 @@ class CompiledStep:
             for layer, s in zip(self._dropouts, self._noise_shapes[shape])
         ]
 
-    def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
+    def __call__(self, xb: Any, yb: Any, wb: Any = None) -> tuple[Any, Any, bool | None]:
         model = self.model
         state = model.optimizer_state
         if self._steps is None:
@@ -137,8 +137,8 @@ class CompiledStep:
         host_lr = state.get("lr")  # the state keeps the rate as the host computed it
         state = _as_arrays(state, model.xp, _dtype(xb))
         args = (dict(model.parameters()), dict(model.buffers()), state)
-        noise = self._noise(xb, yb, args)
-        new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb)
+        noise = self._noise(xb, yb, wb, args)
+        new_params, new_buffers, new_state, value, pred, finite = self._compiled(*args, noise, xb, yb, wb)
         ok = None if finite is None else bool(finite)
         with model.weights_lock.writing():
             if ok is not False:

@@ -24,9 +24,10 @@ from .distributed import data_parallel as _data_parallel
 from .nn import Module, Sigmoid, Softmax
 from .nn.module import call_backward, provide_workflows
 from .losses import Loss, get_loss
-from .metrics import Batch, Metric, get_metric
-from .optim.base import Transform, learning_rate, with_learning_rate
-from .optim.optimizers import SGD, get_optimizer, update_trainable
+from .callbacks import needs_batch_hooks
+from .metrics import Batch, Metric, get_metric, is_multilabel
+from .optim.base import Transform, learning_rate
+from .optim.optimizers import Adam, get_optimizer, update_trainable
 from ._guard import TrainingDivergedError, all_finite, arrays_of
 from ._signals import deferred_signals, redeliver
 from .progress import Progress
@@ -42,6 +43,10 @@ __all__ = [
     "predict_proba",
     "value_and_grad",
 ]
+
+
+#: the batch size of a ``fit`` that names none (``batch_size=None`` is the full batch)
+DEFAULT_BATCH_SIZE = 32
 
 
 class History:
@@ -141,11 +146,12 @@ def _add_penalties(model: Module, penalized: list[tuple[str, Module]], value: An
 
 
 def _value_and_grad(
-    model: Module, loss: Loss, xb: Any, yb: Any, penalized: list[tuple[str, Module]]
+    model: Module, loss: Loss, xb: Any, yb: Any, penalized: list[tuple[str, Module]], wb: Any = None
 ) -> tuple[Any, dict[str, Any], Any]:
-    """(loss value, gradients by full parameter name, predictions) for one batch."""
+    """(loss value, gradients by full parameter name, predictions) for one batch
+    (``wb``: its sample weights, or None)."""
     pred, backward = model.apply(xb, True)
-    value, dpred = loss.value_and_grad(pred, yb, model.xp)
+    value, dpred = loss.value_and_grad(pred, yb, model.xp, weight=wb)
     grads = flatten(call_backward(backward, dpred, False)[1])
     if penalized:
         value = _add_penalties(model, penalized, value, grads)
@@ -248,7 +254,7 @@ def fit(
     loss: Loss | str | None = None,
     optimizer: Transform | str | None = None,
     epochs: int = 1,
-    batch_size: int | None = None,
+    batch_size: int | None = DEFAULT_BATCH_SIZE,
     shuffle: bool = True,
     seed: int | None = None,
     verbose: int | str = "auto",
@@ -261,14 +267,23 @@ def fit(
     on_nonfinite: str | None = "raise",
     jit: bool = False,
     distributed: Any = False,
+    sample_weight: Any = None,
+    class_weight: Any = None,
 ) -> History:
     """Train ``model`` on ``(X, y)`` with mini-batch gradient descent.
 
     ``loss`` and ``optimizer`` are objects or names (an optimizer may be any
     transform or ``chain(...)`` of :mod:`portnn.optim`); once given they are kept on
     the model (``model.loss``, ``model.optimizer``, ``model.optimizer_state``) and
-    reused by later calls, so a second ``fit`` continues where the first stopped.
-    ``batch_size=None`` trains on the full batch; the last batch may be smaller.
+    reused by later calls, so a second ``fit`` continues where the first stopped;
+    with none given or kept, the optimizer is ``Adam(1e-3)``. Batches hold
+    ``batch_size`` samples (32 unless given; ``None`` trains on the full batch);
+    the last batch may be smaller.
+    ``sample_weight`` (one number >= 0 per sample) and ``class_weight`` (a dict
+    ``{class: weight}`` or ``"balanced"``, scikit-learn's rule) weigh every batch's
+    loss as ``sum(w * l) / sum(w)`` and the metrics as scikit-learn does; a weight
+    of 0 is the same as leaving the sample out. ``validation_data`` may be
+    ``(X_val, y_val, sample_weight_val)``.
     The shuffling order of epoch ``k`` depends only on ``seed`` and ``k``, so
     ``initial_epoch`` resumes a run exactly. ``validation_data=(Xv, yv)`` or
     ``validation_split`` (the last fraction of ``X``, taken before shuffling)
@@ -286,7 +301,11 @@ def fit(
     rounding. Ctrl-C or SIGTERM stops
     training at the end of the current step; callbacks get ``on_interrupt``
     (a :class:`ModelCheckpoint` writes a final checkpoint), then the signal is
-    handed back (Ctrl-C raises ``KeyboardInterrupt``). ``distributed=True``
+    handed back (Ctrl-C raises ``KeyboardInterrupt``). Callbacks that define
+    ``on_train_batch_begin/end`` get them with the batch index within the epoch
+    (from 0) and logs holding the batch's ``loss`` (one host read per batch, paid
+    only when a callback has these hooks); validation calls the test hooks.
+    ``distributed=True``
     (or a :class:`~portnn.DataParallel`) trains data-parallel over MPI
     under ``mpiexec``, each rank computing its share of every batch; see
     :mod:`portnn.distributed`.
@@ -299,7 +318,7 @@ def fit(
     if optimizer is not None:
         opt = get_optimizer(optimizer)
     else:
-        opt = getattr(model, "optimizer", None) or SGD(lr=0.01)
+        opt = getattr(model, "optimizer", None) or Adam(lr=1e-3)
     epochs = count("epochs", epochs, minimum=0)
     initial_epoch = count("initial_epoch", initial_epoch, minimum=0)
     if initial_epoch > epochs:
@@ -334,6 +353,7 @@ def fit(
     model.check_input_kind(X, "X")
     X = samples(backend, "X", X, dtype, finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
+    weights = loss_obj.sample_weights(targets.values, targets.n_outputs, sample_weight, class_weight)
     n = n_samples(X)
     validation = None
     if split:
@@ -342,11 +362,16 @@ def fit(
             raise ValueError(f"validation_split={split} leaves {n_val} of {n} samples for validation")
         n -= n_val
         Xv, yv = take_rows(X, n, n + n_val), targets.values[n:]
+        wv = None if weights is None else weights[n:]
         X, targets.values = take_rows(X, 0, n), targets.values[:n]
-        validation = (Xv, yv)
+        if weights is not None:
+            weights = weights[:n]
+            if not (weights > 0).any():
+                raise ValueError("every sample left for training after validation_split has weight 0")
+        validation = (Xv, yv, wv)
     elif validation_data is not None:
-        if not isinstance(validation_data, tuple | list) or len(validation_data) != 2:
-            raise TypeError("validation_data must be a pair (X_val, y_val)")
+        if not isinstance(validation_data, tuple | list) or len(validation_data) not in (2, 3):
+            raise TypeError("validation_data must be a pair (X_val, y_val) or a triple (X_val, y_val, sample_weight_val)")
         Xv = samples(backend, "validation X", validation_data[0], dtype, finite=check_finite)
         if sample_shape(Xv) != sample_shape(X):
             raise ValueError(
@@ -354,8 +379,15 @@ def fit(
                 if not isinstance(X, tuple) or not isinstance(Xv, tuple) or len(X) == len(Xv)
                 else f"validation X has {len(Xv)} inputs, X has {len(X)}"
             )
-        validation = (Xv, _Targets(model, loss_obj, Xv, validation_data[1], "validation y").values)
+        val_targets = _Targets(model, loss_obj, Xv, validation_data[1], "validation y")
+        wv = validation_data[2] if len(validation_data) == 3 else None
+        try:
+            wv = loss_obj.sample_weights(val_targets.values, val_targets.n_outputs, wv)
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"validation_data's {e}") from None
+        validation = (Xv, val_targets.values, wv)
     batch_size = n if batch_size is None else min(batch_size, n)
+    multilabel = is_multilabel(loss_obj, targets.n_outputs)
     if n % batch_size == 1 and any(getattr(m, "needs_batch_statistics", False) for m in model.modules()):
         raise ValueError(
             f"the last batch would hold 1 of the {n} samples, and batch normalization needs at "
@@ -379,15 +411,15 @@ def fit(
     # everything is valid: from here on the model may change; if fit fails before its
     # first step, these are put back
     previous = {k: getattr(model, k, None) for k in ("loss", "optimizer", "optimizer_state", "history", "resume_point")}
-    optimizer_before = dict(vars(opt))  # a rate assigned to opt.lr included
-    assigned_lr = getattr(opt, "lr", None)
+    optimizer_before = dict(vars(opt))
     model.loss = loss_obj
     if opt is not getattr(model, "optimizer", None) or getattr(model, "optimizer_state", None) is None:
         model.optimizer = opt
         model.optimizer_state = opt.init(model.parameters(), xp)
     history = model.history = History()
     model.stop_training = False
-    batcher = Batcher(backend, dtype, X, targets.values, targets.dtype)
+    batcher = _batcher(model, X, targets.values, targets.dtype, weights)
+    batch_hooks = needs_batch_hooks(callback_objs, "train")
     penalized = _penalized(model)
     logits = _outputs_are_logits(model, loss_obj)
     skip_steps, seed = _resume_from(model, initial_epoch, n, batch_size, seed, shuffle)
@@ -412,48 +444,61 @@ def fit(
             for epoch in range(initial_epoch, epochs):
                 for cb in callback_objs:
                     cb.on_epoch_begin(epoch, logs)
-                assigned_lr = _take_assigned_rate(model, opt, assigned_lr)
                 for m in metric_objs:
                     m.reset()
                 progress.start_epoch(epoch)
                 order = host_rng([base_seed, epoch]).permutation(n) if shuffle else None
                 total: Any = 0.0
                 seen = skipped = first = 0
+                mass: Any = 0  # the weight seen: the number of samples when unweighted
                 if skip_steps:  # an interrupted epoch resumes at the step it stopped before
-                    first, total, seen, skipped = skip_steps, *model.resume_point["sums"]
+                    first, total, seen, skipped, *rest = skip_steps, *model.resume_point["sums"]
+                    mass = rest[0] if rest else seen
                     order = (np.arange(n) if order is None else order)[first * batch_size :]
                     skip_steps = 0
                 model.resume_point = None
                 batches = batcher.batches(order, batch_size) if dist is None else dist.batches(batcher, order, batch_size)
                 for step, (xb, yb, nb) in enumerate(batches, start=first):
-                    value, pred, finite = train_step(xb, yb)  # applied unless not finite
+                    yb, wb = yb if weights is not None else (yb, None)
+                    if batch_hooks:
+                        for cb in callback_objs:
+                            cb.on_train_batch_begin(step, {"size": nb})
+                    value, pred, finite = train_step(xb, yb, wb)  # applied unless not finite
                     if finite is False:
                         if on_nonfinite == "raise":
                             raise TrainingDivergedError(epoch, step, float(value))
                         skipped += 1
                     else:
                         applied += 1
-                        total = total + value * nb
+                        weight = nb if wb is None else xp.sum(wb)
+                        total = total + value * weight
                         seen += nb
+                        mass = mass + weight
                         if metric_objs:
-                            batch = Batch(pred, yb, xp, logits)
+                            batch = Batch(pred, yb, xp, logits, weight=wb, multilabel=multilabel)
                             for m in metric_objs:
                                 m.update(batch)
+                    if batch_hooks:
+                        for cb in callback_objs:
+                            cb.on_train_batch_end(step, {"loss": float(value), "size": nb})
                     if interrupt.received:
                         model.resume_point = {
                             "epoch": epoch, "step": step + 1, "n_samples": n, "batch_size": batch_size,
                             "seed": base_seed, "shuffle": shuffle, "sums": [float(total), seen, skipped],
                         }
+                        if weights is not None:
+                            model.resume_point["sums"].append(float(mass))
                         break
-                    progress.advance(nb, lambda: {"loss": float(total) / max(seen, 1)})
+                    progress.advance(nb, lambda: {"loss": float(total) / max(float(mass), 1e-300)})
                 if interrupt.received:
                     break
                 if dist is not None:
                     dist.end_epoch(model, metric_objs)
-                logs = {"loss": float(total) / seen if seen else math.nan}
+                logs = {"loss": float(total) / float(mass) if seen and float(mass) > 0 else math.nan}
                 logs.update(_results(metric_objs) if seen else {})
                 if validation is not None:
-                    val = _evaluate(model, loss_obj, validation[0], validation[1], targets.dtype, metric_objs, batch_size, logits)
+                    val = _evaluate(model, loss_obj, *validation, targets.dtype, metric_objs, batch_size, logits,
+                                    multilabel, callback_objs)
                     logs.update({f"val_{k}": v for k, v in val.items()})
                 logs["lr"] = learning_rate(model.optimizer_state)
                 if on_nonfinite == "skip_batch":
@@ -509,15 +554,19 @@ class _EagerStep:
         self.xp = model.xp
         self.has_buffers = bool(model.buffers())
 
-    def __call__(self, xb: Any, yb: Any) -> tuple[Any, Any, bool | None]:
+    def __call__(self, xb: Any, yb: Any, wb: Any = None) -> tuple[Any, Any, bool | None]:
         model, xp = self.model, self.xp
         buffers = model.buffers() if self.has_buffers and self.check else None
-        compute = lambda: _value_and_grad(model, self.loss, xb, yb, self.penalized)  # noqa: E731
+        compute = lambda: _value_and_grad(model, self.loss, xb, yb, self.penalized, wb)  # noqa: E731
         if self.dist is None:
             value, grads, pred = compute()
         else:  # this rank's share, then averaged over all ranks
             value, grads, pred = self.dist.value_and_grad(compute, model, xb, self.interrupt)
-        new_params, new_state = update_trainable(self.opt, model.parameters(), list(model.parameters(trainable_only=True)), grads, model.optimizer_state, xp)
+        # an overflow here is caught by the check below (NumPy would also warn of it)
+        with np.errstate(over="ignore", invalid="ignore"):
+            new_params, new_state = update_trainable(
+                self.opt, model.parameters(), list(model.parameters(trainable_only=True)), grads, model.optimizer_state, xp
+            )
         finite = all_finite(value, [*new_params.values(), *arrays_of(new_state)], xp) if self.check else None
         if finite is False:
             if buffers:
@@ -529,19 +578,10 @@ class _EagerStep:
         return value, pred, finite
 
 
-def _take_assigned_rate(model: Module, opt: Any, assigned: Any) -> Any:
-    """A number assigned to ``opt.lr`` during fit (callbacks written for optimizers that kept
-    their rate as an attribute, such as LearningRateScheduler) becomes the rate in the state."""
-    lr = getattr(opt, "lr", None)
-    if lr is not assigned and not callable(lr) and lr != assigned:
-        model.optimizer_state = with_learning_rate(model.optimizer_state, lr)
-    return lr
-
-
 def _compiled_step(model: Module, loss: Loss, opt: Transform, penalized: list, check: bool) -> Any:
     from .jit import CompiledStep
 
-    return CompiledStep(model, loss, opt, lambda m, l, xb, yb: _value_and_grad(m, l, xb, yb, penalized), check)
+    return CompiledStep(model, loss, opt, lambda m, l, xb, yb, wb: _value_and_grad(m, l, xb, yb, penalized, wb), check)
 
 
 def _resume_from(model: Module, initial_epoch: int, n: int, batch_size: int, seed: int | None, shuffle: bool) -> tuple[int, int | None]:
@@ -569,33 +609,58 @@ def _results(metric_objs: list[Metric]) -> dict[str, Any]:
     return {m.name: m.result() for m in metric_objs}
 
 
+def _batcher(model: Module, X: Any, y: Any, y_dtype: Any, weights: Any) -> Batcher:
+    """Batches of ``(X, y)``, each ``y`` with its sample weights (a pair) when there are weights."""
+    if weights is None:
+        return Batcher(model.backend, _model_dtype(model), X, y, y_dtype)
+    return Batcher(model.backend, _model_dtype(model), X, (y, weights), (y_dtype, _model_dtype(model)))
+
+
 def _evaluate(
     model: Module,
     loss: Loss,
     X: Any,
     y: Any,
+    weights: Any,
     y_dtype: Any,
     metric_objs: list[Metric],
     batch_size: int,
     logits: bool,
+    multilabel: bool = False,
+    callbacks: Sequence[Callback] = (),
 ) -> dict[str, Any]:
-    """Mean loss (penalties excluded) and metrics over ``(X, y)`` in the current mode."""
+    """Mean loss (penalties excluded) and metrics over ``(X, y)`` in the current mode,
+    weighted by ``weights`` (host, one per sample) unless None; calls the test hooks."""
     xp = model.xp
-    n = n_samples(X)
     total: Any = 0.0
+    mass: Any = 0
     fresh = [copy.copy(m) for m in metric_objs]  # the training metrics keep their sums
     for m in fresh:
         m.reset()
-    with Batcher(model.backend, _model_dtype(model), X, y, y_dtype) as batcher:
-        for xb, yb, nb in batcher.batches(None, batch_size):
+    hooks = needs_batch_hooks(callbacks, "test")
+    for cb in callbacks:
+        cb.on_test_begin({})
+    with _batcher(model, X, y, y_dtype, weights) as batcher:
+        for i, (xb, yb, nb) in enumerate(batcher.batches(None, batch_size)):
+            yb, wb = yb if weights is not None else (yb, None)
+            if hooks:
+                for cb in callbacks:
+                    cb.on_test_batch_begin(i, {"size": nb})
             pred = model.infer(xb)
-            value, _ = loss.value_and_grad(pred, yb, xp)
-            total = total + value * nb
+            value, _ = loss.value_and_grad(pred, yb, xp, weight=wb)
+            weight = nb if wb is None else xp.sum(wb)
+            total, mass = total + value * weight, mass + weight
             if fresh:
-                batch = Batch(pred, yb, xp, logits)
+                batch = Batch(pred, yb, xp, logits, weight=wb, multilabel=multilabel)
                 for m in fresh:
                     m.update(batch)
-    return {"loss": float(total) / n, **_results(fresh)}
+            if hooks:
+                for cb in callbacks:
+                    cb.on_test_batch_end(i, {"loss": float(value), "size": nb})
+    results = {"loss": float(total) / float(mass) if float(mass) > 0 else math.nan, **_results(fresh)}
+    for cb in callbacks:
+        cb.on_test_end(dict(results))
+    return results
 
 
 # ---------------------------------------------------------------- evaluate / predict
@@ -609,43 +674,64 @@ def evaluate(
     metrics: Sequence[str | Metric] | None = None,
     batch_size: int | None = None,
     check_finite: bool = True,
+    sample_weight: Any = None,
+    class_weight: Any = None,
+    callbacks: Sequence[Callback] | None = None,
 ) -> float | dict[str, Any]:
     """Mean loss of ``model`` on ``(X, y)`` in inference mode (the model's loss if none given).
 
     With ``metrics`` it returns a dict ``{"loss": ..., "accuracy": ...}`` instead
-    of the loss alone.
+    of the loss alone. ``sample_weight``/``class_weight`` weigh the loss and the
+    metrics as in ``fit`` (the metrics equal scikit-learn's weighted ones).
+    ``callbacks`` get ``on_test_begin/end`` and the test batch hooks.
     """
     _check_model(model)
     loss_obj = get_loss(loss) if loss is not None else getattr(model, "loss", None)
     if loss_obj is None:
         raise ValueError("evaluate needs a loss (or a model that was fitted with one)")
     metric_objs = _metrics(metrics)
+    callback_objs = _callbacks(callbacks)
     batch_size = count("batch_size", batch_size, allow_none=True)
     model.check_input_kind(X, "X")
     X = samples(model.backend, "X", X, _model_dtype(model), finite=check_finite)
     targets = _Targets(model, loss_obj, X, y)
+    weights = loss_obj.sample_weights(targets.values, targets.n_outputs, sample_weight, class_weight)
+    for cb in callback_objs:
+        cb.set_model(model)
     with model.weights_lock.reading():  # a step in another thread never lands half-way
         results = _evaluate(
             model,
             loss_obj,
             X,
             targets.values,
+            weights,
             targets.dtype,
             metric_objs,
             n_samples(X) if batch_size is None else batch_size,
             _outputs_are_logits(model, loss_obj),
+            is_multilabel(loss_obj, targets.n_outputs),
+            callback_objs,
         )
     return results if metrics is not None else results["loss"]
 
 
-def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: bool = True) -> Any:
+def predict(
+    model: Module,
+    X: Any,
+    batch_size: int | None = None,
+    check_finite: bool = True,
+    callbacks: Sequence[Callback] | None = None,
+) -> Any:
     """Outputs of ``model`` for ``X`` (2-D batch, or 1-D single sample) in inference mode.
 
     Returns an array of the model's backend; host data is moved batch by batch.
     A 2-D Dask array gives a Dask array, computed block by block on the workers.
+    ``callbacks`` get ``on_predict_begin/end`` and the predict batch hooks (their
+    logs hold the batch's ``outputs``).
     """
     _check_model(model)
     batch_size = count("batch_size", batch_size, allow_none=True)
+    callback_objs = _callbacks(callbacks)
     backend = model.backend
     dtype = _model_dtype(model)
     if is_dask(X) and _ndim(X) == 2 and backend != "dask":
@@ -658,9 +744,23 @@ def predict(model: Module, X: Any, batch_size: int | None = None, check_finite: 
     model.check_input_kind(X, "X")
     X = samples(backend, "X", X, dtype, finite=check_finite)
     n = n_samples(X)
+    for cb in callback_objs:
+        cb.set_model(model)
+        cb.on_predict_begin({})
+    hooks = needs_batch_hooks(callback_objs, "predict")
+    outputs = []
     # the lock: a training step in another thread never lands half-way through these outputs
     with Batcher(backend, dtype, X) as batcher, model.weights_lock.reading():
-        outputs = [model.infer(xb) for xb, _, _ in batcher.batches(None, n if batch_size is None else batch_size)]
+        for i, (xb, _, nb) in enumerate(batcher.batches(None, n if batch_size is None else batch_size)):
+            if hooks:
+                for cb in callback_objs:
+                    cb.on_predict_batch_begin(i, {"size": nb})
+            outputs.append(model.infer(xb))
+            if hooks:
+                for cb in callback_objs:
+                    cb.on_predict_batch_end(i, {"outputs": outputs[-1], "size": nb})
+    for cb in callback_objs:
+        cb.on_predict_end({})
     return outputs[0] if len(outputs) == 1 else _concat(backend.xp, outputs)
 
 
@@ -683,7 +783,8 @@ def _concat(xp: Any, outputs: list[Any]) -> Any:
 
 def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
     """Class probabilities: the outputs if the model ends in Softmax/Sigmoid, else softmax
-    (several outputs) or sigmoid (one output) of its scores."""
+    (several outputs) or sigmoid (one output, or each of several independent labels when
+    the model was trained with binary cross-entropy on them) of its scores."""
     from . import functional as F
 
     if is_dask(X) and _ndim(X) == 2 and model.backend != "dask":
@@ -692,20 +793,23 @@ def predict_proba(model: Module, X: Any, batch_size: int | None = None) -> Any:
     if _ends_in_probabilities(model):
         return out
     xp = model.xp
-    if out.shape[-1] == 1:
+    if out.shape[-1] == 1 or is_multilabel(getattr(model, "loss", None), out.shape[-1]):
         return F.sigmoid(out, xp=xp)
     return F.softmax(out, xp=xp)
 
 
 def predict_classes(model: Module, X: Any, batch_size: int | None = None) -> Any:
-    """Predicted class labels (integers of the model's backend)."""
+    """Predicted class labels (integers of the model's backend): one per sample, or the 0/1
+    matrix of independent labels for a model trained with binary cross-entropy on several."""
     from .metrics import predicted_labels
 
     if is_dask(X) and _ndim(X) == 2 and model.backend != "dask":
         return _over_dask(model, X, lambda m, b: predict_classes(m, b, batch_size))
     out = predict(model, X, batch_size=batch_size)
     single = out.ndim == 1
-    labels = predicted_labels(out[None, :] if single else out, model.xp, _outputs_are_logits(model, getattr(model, "loss", None)))
+    loss = getattr(model, "loss", None)
+    multilabel = is_multilabel(loss, out.shape[-1])
+    labels = predicted_labels(out[None, :] if single else out, model.xp, _outputs_are_logits(model, loss), multilabel)
     return labels[0] if single else labels
 
 

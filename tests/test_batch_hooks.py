@@ -97,7 +97,6 @@ def test_lambda_callback_takes_every_hook_and_implements_only_those_given():
         pn.LambdaCallback(on_train_batch_middle=print)
 
 
-@pytest.mark.xfail(reason="fit wiring pending", strict=False)
 def test_fit_calls_train_batch_hooks_with_the_index_within_the_epoch(rng):
     X = rng.normal(size=(20, 3))
     y = (X[:, 0] > 0).astype(np.int64)

@@ -87,7 +87,7 @@ def test_round_trip_is_bit_for_bit(tmp_path, backend, float64_ok, rng, dtype, as
 def test_file_layout(tmp_path, data):
     X, y = data
     model = pn.Sequential(pn.Dense(5, 4, seed=0), pn.Tanh(), pn.Dense(4, 3, seed=1))
-    model.fit(X, y, loss="cross_entropy", optimizer=pn.SGD(lr=0.1, momentum=0.9), epochs=1, verbose=0)
+    model.fit(X, y, loss="cross_entropy", optimizer=pn.SGD(lr=0.1, momentum=0.9), epochs=1, batch_size=None, verbose=0)
     model.save(tmp_path / "m.safetensors")  # Module.save delegates to portnn.save
     tensors, metadata = _read(tmp_path / "m.safetensors")
     assert set(tensors) == {

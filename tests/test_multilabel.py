@@ -110,7 +110,6 @@ def test_binary_cross_entropy_trains_on_multilabel_targets_with_weights(multilab
     assert got == pytest.approx(np.sum(weights * per_sample) / np.sum(weights), rel=1e-12)
 
 
-@pytest.mark.xfail(reason="fit wiring pending", strict=False)
 def test_fit_reports_per_label_accuracy_for_multilabel_targets(multilabel, backend):
     logits, target, _ = multilabel
     rng = np.random.default_rng(0)

@@ -208,12 +208,11 @@ def test_loss_call_checks_sample_weight(backend, rng):
 
 
 def _fit_model(X, y, **kwargs):
-    model = pn.Sequential(pn.Dense(X.shape[1], 3, seed=0))
+    model = pn.Sequential(pn.Dense(X.shape[1], 3, seed=0, dtype="float64"))
     model.fit(X, y, loss="cross_entropy", optimizer=pn.SGD(lr=0.1), epochs=3, batch_size=None, verbose=0, **kwargs)
     return {k: pn.to_numpy(v) for k, v in model.parameters().items()}
 
 
-@pytest.mark.xfail(reason="fit wiring pending", strict=False)
 def test_fit_with_zero_weights_equals_fit_without_those_samples(rng):
     X, y = rng.normal(size=(30, 4)), rng.integers(0, 3, size=30)
     w = rng.uniform(0.5, 2.0, size=30)
@@ -224,7 +223,6 @@ def test_fit_with_zero_weights_equals_fit_without_those_samples(rng):
         np.testing.assert_allclose(full[k], sub[k], rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.xfail(reason="fit wiring pending", strict=False)
 def test_fit_class_weight_balanced_is_the_per_sample_weights(rng):
     X, y = rng.normal(size=(30, 4)), rng.choice([0, 0, 0, 1, 2], size=30)
     w = balanced_class_weight(y, 3)[y]
