@@ -38,8 +38,15 @@ try:
     from sklearn.preprocessing import LabelBinarizer
     from sklearn.utils import check_random_state
     from sklearn.utils._param_validation import Interval, Options, StrOptions
+    from sklearn.utils.class_weight import compute_class_weight
     from sklearn.utils.multiclass import check_classification_targets, type_of_target, unique_labels
-    from sklearn.utils.validation import check_is_fitted, column_or_1d, validate_data
+    from sklearn.utils.validation import (
+        _check_sample_weight,
+        _num_samples,
+        check_is_fitted,
+        column_or_1d,
+        validate_data,
+    )
 except ImportError as e:  # scikit-learn missing, or older than 1.6 (no validate_data)
     raise ImportError(
         "portnn.MLPClassifier and portnn.MLPRegressor need scikit-learn >= 1.6: "
@@ -60,7 +67,7 @@ from .backend import (
     to_numpy,
     use_backend,
 )
-from .callbacks import Callback, restore, snapshot
+from .train.callbacks import Callback, restore, snapshot
 from .nn import Dense, Identity, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import (
     BinaryCrossEntropy,
@@ -74,8 +81,8 @@ from .optim.base import learning_rate, with_learning_rate
 from .optim.optimizers import OPTIMIZERS, SGD, Adam, Optimizer
 from .nn import BatchNorm, Dropout
 from ._guard import TrainingDivergedError
-from .training import fit as _train
-from .training import predict as _outputs
+from .train.loop import fit as _train
+from .train.inference import predict as _outputs
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
 
@@ -126,6 +133,33 @@ def _take_rows(X: Any, rows: np.ndarray) -> Any:
         return X[rows]
     xp = array_api_compat.array_namespace(X)
     return xp.take(X, xp.asarray(rows, device=array_api_compat.device(X)), axis=0)
+
+
+def _host_sample_weight(sample_weight: Any, n_samples: int) -> np.ndarray:
+    """``sample_weight`` checked as scikit-learn checks it (a scalar or one finite number >= 0
+    per sample, not all zero; the errors name ``sample_weight``), as a float64 NumPy vector.
+
+    The weights stay on the host whatever the library of ``X``: portnn's ``fit`` takes host
+    weights and moves their rows with the batches. Only the number of samples of ``X`` is
+    needed, so a NumPy stand-in of that length keeps scikit-learn from moving them."""
+    if _library_name(sample_weight) not in (None, "numpy"):
+        sample_weight = to_numpy(sample_weight)
+    rows = np.empty((n_samples, 0))
+    return _check_sample_weight(sample_weight, rows, dtype=np.float64, ensure_non_negative=True)
+
+
+def _weighted_part(weights: np.ndarray | None, rows: np.ndarray, part: str) -> np.ndarray | None:
+    """The weights of ``rows`` (one side of the early-stopping split), refused if all zero:
+    a weighted loss or score over no weight at all is 0 / 0."""
+    if weights is None:
+        return None
+    part_weights = weights[rows]
+    if not part_weights.any():
+        raise ValueError(
+            f"The sample weights for the {part} set are all zero (sample_weight and "
+            "class_weight); consider using a different random_state or validation_fraction."
+        )
+    return part_weights
 
 
 def _hidden_sizes(value: Any) -> list[int]:
@@ -366,16 +400,26 @@ class _BaseMLP(BaseEstimator):
     # ------------------------------------------------------------ what subclasses give
 
     def _prepare_targets(
-        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
-    ) -> tuple[np.ndarray, int]:
-        """(the targets as a host array for the loss, the number of outputs); on the first fit
-        also the label bookkeeping (``classes_``, ``out_activation_``)."""
+        self,
+        y: np.ndarray,
+        X: Any,
+        *,
+        first: bool,
+        incremental: bool,
+        classes: Any,
+        sample_weight: np.ndarray | None,
+    ) -> tuple[np.ndarray, int, np.ndarray | None]:
+        """(the targets as a host array for the loss, the number of outputs, the weight of each
+        sample or None); on the first fit also the label bookkeeping (``classes_``,
+        ``out_activation_``), set only once every check has passed."""
         raise NotImplementedError
 
     def _loss(self) -> Loss:
         raise NotImplementedError
 
-    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+    def _validation_score(
+        self, model: Module, X: Any, y: np.ndarray, sample_weight: np.ndarray | None
+    ) -> float:
         raise NotImplementedError
 
     # ------------------------------------------------------------ training
@@ -461,7 +505,9 @@ class _BaseMLP(BaseEstimator):
             ), True
         return OPTIMIZERS[solver](lr=self.learning_rate_init), False
 
-    def _fit(self, X: Any, y: Any, *, incremental: bool, classes: Any = None) -> _BaseMLP:
+    def _fit(
+        self, X: Any, y: Any, *, incremental: bool, classes: Any = None, sample_weight: Any = None
+    ) -> _BaseMLP:
         validate = getattr(self, "_validate_params", None)
         if validate is not None:
             validate()
@@ -469,63 +515,27 @@ class _BaseMLP(BaseEstimator):
         if incremental and self.early_stopping:
             raise ValueError("partial_fit does not support early_stopping=True")
         first = not hasattr(self, "model_") or (not self.warm_start and not incremental)
+        if sample_weight is not None:  # before validate_data, which resets n_features_in_
+            sample_weight = _host_sample_weight(sample_weight, _num_samples(X))
         X, y = self._check_input(X, y, reset=first)
         if first:  # every check before the estimator changes
             source, target = self._places(X)
             dtype = self._compute_dtype(X, target)
-        targets, n_outputs = self._prepare_targets(
-            to_numpy(y), X, first=first, incremental=incremental, classes=classes
+        targets, n_outputs, weights = self._prepare_targets(
+            to_numpy(y),
+            X,
+            first=first,
+            incremental=incremental,
+            classes=classes,
+            sample_weight=sample_weight,
         )
         if first:
-            self._input_place = source
-            self._seed = self._seed_root()
-            self._epochs = 0
-            self.n_outputs_ = n_outputs
-            self.model_ = self._build(int(X.shape[1]), n_outputs, target, dtype, self._seed)
-            self.n_layers_ = len(_hidden_sizes(self.hidden_layer_sizes)) + 2
-            self.t_ = 0
-            self.loss_curve_ = []
-            self._no_improvement_count = 0
-            if self.early_stopping:
-                self.validation_scores_ = []
-                self.best_validation_score_ = -np.inf
-                self.best_loss_ = None
-            else:
-                self.best_loss_ = np.inf
-                self.validation_scores_ = None
-                self.best_validation_score_ = None
+            self._start(X, n_outputs, source, target, dtype)
         model = self.model_
-
-        validation = None
-        X_train, t_train = X, targets
-        if self.early_stopping:
-            stratify = targets if isinstance(self, ClassifierMixin) and targets.ndim == 1 else None
-            rows = np.arange(X.shape[0])
-            train_rows, val_rows = train_test_split(
-                rows, test_size=self.validation_fraction, random_state=self._seed, stratify=stratify
-            )
-            if val_rows.shape[0] < 2:
-                raise ValueError(
-                    "The validation set is too small. Increase 'validation_fraction' or the size "
-                    "of your dataset."
-                )
-            X_train, t_train = _take_rows(X, train_rows), targets[train_rows]
-            validation = (_take_rows(X, val_rows), targets[val_rows])
+        X_train, t_train, w_train, validation = self._split(X, targets, weights)
         n_train = int(X_train.shape[0])
-        if self.batch_size == "auto":
-            batch_size = min(200, n_train)
-        else:
-            if self.batch_size > n_train:
-                warnings.warn(
-                    "Got `batch_size` less than 1 or larger than sample size. It is going to be "
-                    "clipped",
-                    UserWarning,
-                    stacklevel=3,
-                )
-            batch_size = int(np.clip(self.batch_size, 1, n_train))
-        for layer in model.layers:  # scikit-learn's alpha * ||W||^2 / (2 * batch size)
-            if isinstance(layer, Dense):
-                layer.l2 = float(self.alpha) / (2 * batch_size)
+        batch_size = self._batch_size(n_train)
+        self._set_penalty(model, batch_size, w_train)
 
         keep = incremental and getattr(model, "optimizer", None) is not None
         if keep:
@@ -551,6 +561,7 @@ class _BaseMLP(BaseEstimator):
                 verbose=0,
                 callbacks=[monitor],
                 check_finite=False,
+                **({} if w_train is None else {"sample_weight": w_train}),
             )
         except TrainingDivergedError as e:
             raise ValueError(
@@ -572,12 +583,89 @@ class _BaseMLP(BaseEstimator):
             restore(model, monitor.best)
         return self
 
-    def fit(self, X: Any, y: Any) -> _BaseMLP:
+    def _start(
+        self, X: Any, n_outputs: int, source: Backend | None, target: Backend, dtype: str
+    ) -> None:
+        """A fresh model and fresh bookkeeping: a first fit (not warm-started, not partial)."""
+        self._input_place = source
+        self._seed = self._seed_root()
+        self._epochs = 0
+        self.n_outputs_ = n_outputs
+        self.model_ = self._build(int(X.shape[1]), n_outputs, target, dtype, self._seed)
+        self.n_layers_ = len(_hidden_sizes(self.hidden_layer_sizes)) + 2
+        self.t_ = 0
+        self.loss_curve_ = []
+        self._no_improvement_count = 0
+        if self.early_stopping:
+            self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+            self.best_loss_ = None
+        else:
+            self.best_loss_ = np.inf
+            self.validation_scores_ = None
+            self.best_validation_score_ = None
+
+    def _split(
+        self, X: Any, targets: np.ndarray, weights: np.ndarray | None
+    ) -> tuple[Any, np.ndarray, np.ndarray | None, tuple[Any, np.ndarray, Any] | None]:
+        """(X, targets, weights) to train on, and the held-out ``(X, targets, weights)`` of
+        ``early_stopping`` (else None): scikit-learn's split, seeded with ``random_state`` and
+        stratified for classes; the weights go with their samples."""
+        if not self.early_stopping:
+            return X, targets, weights, None
+        stratify = targets if isinstance(self, ClassifierMixin) and targets.ndim == 1 else None
+        rows = np.arange(X.shape[0])
+        train_rows, val_rows = train_test_split(
+            rows, test_size=self.validation_fraction, random_state=self._seed, stratify=stratify
+        )
+        if val_rows.shape[0] < 2:
+            raise ValueError(
+                "The validation set is too small. Increase 'validation_fraction' or the size "
+                "of your dataset."
+            )
+        w_train = _weighted_part(weights, train_rows, "training")
+        validation = (
+            _take_rows(X, val_rows),
+            targets[val_rows],
+            _weighted_part(weights, val_rows, "validation"),
+        )
+        return _take_rows(X, train_rows), targets[train_rows], w_train, validation
+
+    def _batch_size(self, n_train: int) -> int:
+        if self.batch_size == "auto":
+            return min(200, n_train)
+        if self.batch_size > n_train:
+            warnings.warn(
+                "Got `batch_size` less than 1 or larger than sample size. It is going to be "
+                "clipped",
+                UserWarning,
+                stacklevel=4,
+            )
+        return int(np.clip(self.batch_size, 1, n_train))
+
+    def _set_penalty(self, model: Module, batch_size: int, weights: np.ndarray | None) -> None:
+        """scikit-learn's ``alpha * ||W||^2 / (2 * the batch's weight)`` on every Dense layer.
+
+        The batch's weight is its size unweighted and its sum of weights with weights, as in
+        scikit-learn: so a weight of 0 leaves a sample out of the penalty's share too, and a
+        weight of 2 counts it twice. ``Dense.l2`` is one number for every batch, so it takes
+        the batch size times the mean weight: exact for a full batch, the mean sum otherwise.
+        """
+        mass = batch_size * (1.0 if weights is None else float(np.mean(weights)))
+        for layer in model.layers:
+            if isinstance(layer, Dense):
+                layer.l2 = float(self.alpha) / (2 * mass)
+
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> _BaseMLP:
         """Train on ``X, y`` for up to ``max_iter`` epochs (from scratch unless ``warm_start``).
 
+        ``sample_weight`` (one number >= 0 per sample, or None: all 1) weighs each sample's
+        loss: every batch's loss is ``sum(w * l) / sum(w)``, so a weight of 0 leaves the sample
+        out and an integer weight counts it as often (exactly so with one full batch). With
+        ``early_stopping`` the weights follow the split and weigh the validation score.
         Returns the estimator.
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
     # ------------------------------------------------------------ prediction
 
@@ -661,6 +749,11 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     softmax over one output per class with cross-entropy, and a label
     indicator matrix (multi-label) one sigmoid output per label.
 
+    ``class_weight`` (None, a dict ``{label: weight}`` with the labels as in
+    ``y``, or ``"balanced"``: ``n_samples / (n_classes * count of the
+    class)``, scikit-learn's rule) multiplies ``fit``'s ``sample_weight``:
+    each sample weighs ``sample_weight * class_weight[its label]``.
+
     Fitted attributes: ``classes_``, ``model_`` (the trained
     :class:`~portnn.Sequential`), ``loss_``, ``loss_curve_``, ``best_loss_``,
     ``validation_scores_`` and ``best_validation_score_`` (with
@@ -669,38 +762,105 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     ``intercepts_`` (the Dense layers' weights and biases).
     """
 
-    def partial_fit(self, X: Any, y: Any, classes: Any = None) -> MLPClassifier:
+    _parameter_constraints: dict = {
+        **_BaseMLP._parameter_constraints,
+        "class_weight": [None, dict, StrOptions({"balanced"})],
+    }
+
+    def __init__(
+        self,
+        hidden_layer_sizes: Any = (100,),
+        activation: str = "relu",
+        *,
+        solver: str = "adam",
+        alpha: float = 0.0001,
+        batch_size: int | str = "auto",
+        learning_rate: str = "constant",
+        learning_rate_init: float = 0.001,
+        power_t: float = 0.5,
+        max_iter: int = 200,
+        shuffle: bool = True,
+        random_state: Any = None,
+        tol: float = 1e-4,
+        verbose: bool = False,
+        warm_start: bool = False,
+        momentum: float = 0.9,
+        nesterovs_momentum: bool = True,
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-8,
+        n_iter_no_change: int = 10,
+        class_weight: dict | str | None = None,
+        dropout: float = 0.0,
+        batch_norm: bool = False,
+        optimizer: str | Optimizer | None = None,
+        backend: str | None = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        self.class_weight = class_weight
+        super().__init__(
+            hidden_layer_sizes=hidden_layer_sizes,
+            activation=activation,
+            solver=solver,
+            alpha=alpha,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            learning_rate_init=learning_rate_init,
+            power_t=power_t,
+            max_iter=max_iter,
+            shuffle=shuffle,
+            random_state=random_state,
+            tol=tol,
+            verbose=verbose,
+            warm_start=warm_start,
+            momentum=momentum,
+            nesterovs_momentum=nesterovs_momentum,
+            early_stopping=early_stopping,
+            validation_fraction=validation_fraction,
+            beta_1=beta_1,
+            beta_2=beta_2,
+            epsilon=epsilon,
+            n_iter_no_change=n_iter_no_change,
+            dropout=dropout,
+            batch_norm=batch_norm,
+            optimizer=optimizer,
+            backend=backend,
+            device=device,
+            dtype=dtype,
+        )
+
+    def partial_fit(
+        self, X: Any, y: Any, sample_weight: Any = None, classes: Any = None
+    ) -> MLPClassifier:
         """One epoch over ``X, y``, continuing from the previous call.
 
         ``classes`` (every label that will ever be seen) is required on the first
-        call, as in scikit-learn, and may be omitted afterwards.
+        call, as in scikit-learn, and may be omitted afterwards. ``sample_weight``
+        weighs the samples as in :meth:`fit` (the argument order is scikit-learn's).
         """
-        return self._fit(X, y, incremental=True, classes=classes)
+        return self._fit(X, y, incremental=True, classes=classes, sample_weight=sample_weight)
 
     def _prepare_targets(
-        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
-    ) -> tuple[np.ndarray, int]:
+        self,
+        y: np.ndarray,
+        X: Any,
+        *,
+        first: bool,
+        incremental: bool,
+        classes: Any,
+        sample_weight: np.ndarray | None,
+    ) -> tuple[np.ndarray, int, np.ndarray | None]:
         check_classification_targets(y)
-        if incremental:  # scikit-learn's rules for partial_fit's classes
-            if classes is None and first:
-                raise ValueError("classes must be passed on the first call to partial_fit.")
-            if classes is not None:
-                classes = unique_labels(to_numpy(classes))
-                if not first and not np.array_equal(classes, self._binarizer.classes_):
-                    raise ValueError(
-                        f"`classes={classes!r}` is not the same as on last call to "
-                        f"partial_fit, was: {self._binarizer.classes_!r}"
-                    )
         if first:
-            binarizer = LabelBinarizer()
-            binarizer.fit(
-                classes if incremental and not type_of_target(y).startswith("multilabel") else y
-            )
-            if binarizer.y_type_ != "multilabel-indicator" and len(binarizer.classes_) < 2:
-                raise ValueError(
-                    f"{type(self).__name__} needs samples of at least 2 classes in the data, "
-                    f"but the data contains only one class: {binarizer.classes_[0]!r}"
-                )
+            binarizer = self._new_binarizer(y, incremental=incremental, classes=classes)
+        else:
+            binarizer = self._binarizer
+            self._check_known_labels(y, incremental=incremental, classes=classes)
+        weights = self._combined_weights(y, binarizer, sample_weight, incremental=incremental)
+        if first:  # every check passed: the label bookkeeping may change
             self._binarizer = binarizer
             labels = binarizer.classes_
             source = backend_of(X)
@@ -709,27 +869,116 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             else:
                 self.classes_ = labels
             self.out_activation_ = "softmax" if binarizer.y_type_ == "multiclass" else "logistic"
-        else:
-            seen = unique_labels(y)
-            known = self._binarizer.classes_
-            if self.warm_start and not incremental:
-                if set(seen) != set(known):
-                    raise ValueError(
-                        "warm_start can only be used where `y` has the same classes as in the "
-                        f"previous call to fit. Previously got {known}, `y` has {seen}"
-                    )
-            elif len(np.setdiff1d(seen, known, assume_unique=True)):
-                raise ValueError(
-                    f"`y` has classes not in `self.classes_`. `self.classes_` has {known}. 'y' has {seen}."
-                )
-        kind = self._binarizer.y_type_
+        kind = binarizer.y_type_
         if kind == "multilabel-indicator":
-            return np.asarray(y, dtype=np.float64), int(y.shape[1])
+            return np.asarray(y, dtype=np.float64), int(y.shape[1]), weights
         if kind == "multiclass":
-            return np.searchsorted(self._binarizer.classes_, y).astype(np.int64), len(
-                self._binarizer.classes_
+            indices = np.searchsorted(binarizer.classes_, y).astype(np.int64)
+            return indices, len(binarizer.classes_), weights
+        return binarizer.transform(y)[:, 0].astype(np.float64), 1, weights  # binary: 0/1
+
+    def _new_binarizer(self, y: np.ndarray, *, incremental: bool, classes: Any) -> LabelBinarizer:
+        """The labels of a first fit (of ``classes`` for ``partial_fit``), not yet stored."""
+        if incremental:
+            if classes is None:
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            classes = unique_labels(to_numpy(classes))
+        binarizer = LabelBinarizer()
+        binarizer.fit(
+            classes if incremental and not type_of_target(y).startswith("multilabel") else y
+        )
+        if binarizer.y_type_ != "multilabel-indicator" and len(binarizer.classes_) < 2:
+            raise ValueError(
+                f"{type(self).__name__} needs samples of at least 2 classes in the data, "
+                f"but the data contains only one class: {binarizer.classes_[0]!r}"
             )
-        return self._binarizer.transform(y)[:, 0].astype(np.float64), 1  # binary: 0/1, one output
+        return binarizer
+
+    def _check_known_labels(self, y: np.ndarray, *, incremental: bool, classes: Any) -> None:
+        """scikit-learn's rules for the labels of a later ``partial_fit`` or warm ``fit``."""
+        known = self._binarizer.classes_
+        if incremental and classes is not None:
+            classes = unique_labels(to_numpy(classes))
+            if not np.array_equal(classes, known):
+                raise ValueError(
+                    f"`classes={classes!r}` is not the same as on last call to "
+                    f"partial_fit, was: {known!r}"
+                )
+        seen = unique_labels(y)
+        if self.warm_start and not incremental:
+            if set(seen) != set(known):
+                raise ValueError(
+                    "warm_start can only be used where `y` has the same classes as in the "
+                    f"previous call to fit. Previously got {known}, `y` has {seen}"
+                )
+        elif len(np.setdiff1d(seen, known, assume_unique=True)):
+            raise ValueError(
+                f"`y` has classes not in `self.classes_`. `self.classes_` has {known}. 'y' has {seen}."
+            )
+
+    def _combined_weights(
+        self,
+        y: np.ndarray,
+        binarizer: LabelBinarizer,
+        sample_weight: np.ndarray | None,
+        *,
+        incremental: bool,
+    ) -> np.ndarray | None:
+        """``sample_weight * class_weight[label]`` per sample (None: neither given, unweighted).
+
+        The class weights are computed here, not by portnn's ``fit``, because the keys of a
+        ``class_weight`` dict are the user's labels (strings, say), which only the estimator
+        knows; ``fit`` then sees plain per-sample weights."""
+        if self.class_weight is None:
+            return sample_weight
+        if binarizer.y_type_ == "multilabel-indicator":
+            raise ValueError(
+                "class_weight is not supported for multi-label targets; pass sample_weight instead"
+            )
+        labels = binarizer.classes_
+        if isinstance(self.class_weight, str):  # "balanced", from the counts of this y
+            if incremental:  # a batch's counts are not the data's: scikit-learn's SGD refuses too
+                raise ValueError(
+                    "class_weight='balanced' is not supported for partial_fit: compute the "
+                    "weights once, compute_class_weight('balanced', classes=classes, y=y) on "
+                    "(a large enough sample of) the training targets, and pass them as a dict "
+                    "{label: weight}"
+                )
+            per_class = compute_class_weight("balanced", classes=labels, y=y)
+        else:
+            per_class = self._class_weight_vector(labels)
+        weights = per_class[np.searchsorted(labels, y)]
+        if sample_weight is not None:
+            weights = weights * sample_weight
+        if not weights.any():
+            raise ValueError(
+                "sample_weight and class_weight give every sample a weight of zero; at least "
+                "one sample must weigh more than zero"
+            )
+        return weights
+
+    def _class_weight_vector(self, labels: np.ndarray) -> np.ndarray:
+        """One weight per class (the order of ``classes_``) from the dict ``class_weight``;
+        classes it leaves out weigh 1, as in scikit-learn."""
+        index = {label: i for i, label in enumerate(labels.tolist())}
+        weights = np.ones(len(labels))
+        for label, value in self.class_weight.items():
+            if label not in index:
+                raise ValueError(
+                    f"class_weight has the label {label!r}, which is not one of the classes "
+                    f"{labels.tolist()!r}"
+                )
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, numbers.Real)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(
+                    f"class_weight[{label!r}] must be a finite number >= 0, got {value!r}"
+                )
+            weights[index[label]] = float(value)
+        return weights
 
     def _loss(self) -> Loss:
         kind = self._binarizer.y_type_
@@ -747,13 +996,14 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             return xp.astype(out[:, 0] > 0, xp.int64)
         return xp.argmax(out, axis=1)
 
-    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+    def _validation_score(
+        self, model: Module, X: Any, y: np.ndarray, sample_weight: np.ndarray | None
+    ) -> float:
         out = to_numpy(_outputs(model, X, check_finite=False))
         if not np.isfinite(out).all():
             return math.nan
-        return float(
-            accuracy_score(y.astype(np.int64), to_numpy(self._labels_from_outputs(out, np)))
-        )
+        predicted = to_numpy(self._labels_from_outputs(out, np))
+        return float(accuracy_score(y.astype(np.int64), predicted, sample_weight=sample_weight))
 
     def predict(self, X: Any) -> Any:
         """Predicted labels (an indicator matrix for multi-label targets)."""
@@ -889,20 +1139,29 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
 
     _y_checks = {"y_numeric": True}
 
-    def partial_fit(self, X: Any, y: Any) -> MLPRegressor:
-        """One epoch over ``X, y``, continuing from the previous call."""
-        return self._fit(X, y, incremental=True)
+    def partial_fit(self, X: Any, y: Any, sample_weight: Any = None) -> MLPRegressor:
+        """One epoch over ``X, y``, continuing from the previous call; ``sample_weight`` weighs
+        the samples as in :meth:`fit`."""
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def _prepare_targets(
-        self, y: np.ndarray, X: Any, *, first: bool, incremental: bool, classes: Any
-    ) -> tuple[np.ndarray, int]:
+        self,
+        y: np.ndarray,
+        X: Any,
+        *,
+        first: bool,
+        incremental: bool,
+        classes: Any,
+        sample_weight: np.ndarray | None,
+    ) -> tuple[np.ndarray, int, np.ndarray | None]:
         if self.loss == "poisson" and (y < 0).any():
             raise ValueError(
                 "Some value(s) of y are negative which is not allowed for Poisson regression."
             )
         if first:
             self.out_activation_ = "exp" if self.loss == "poisson" else "identity"
-        return np.asarray(y, dtype=np.float64), 1 if y.ndim == 1 else int(y.shape[1])
+        n_outputs = 1 if y.ndim == 1 else int(y.shape[1])
+        return np.asarray(y, dtype=np.float64), n_outputs, sample_weight
 
     def _loss(self) -> Loss:
         return HalfPoissonDeviance() if self.loss == "poisson" else HalfSquaredError()
@@ -912,11 +1171,13 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             out = xp.exp(out)
         return out[:, 0] if out.shape[1] == 1 else out
 
-    def _validation_score(self, model: Module, X: Any, y: np.ndarray) -> float:
+    def _validation_score(
+        self, model: Module, X: Any, y: np.ndarray, sample_weight: np.ndarray | None
+    ) -> float:
         pred = to_numpy(self._predictions(_outputs(model, X, check_finite=False), model.xp))
         if not np.isfinite(pred).all():
             return math.nan
-        return float(r2_score(y, pred))
+        return float(r2_score(y, pred, sample_weight=sample_weight))
 
     def predict(self, X: Any) -> Any:
         """Predicted values: shape ``(n_samples,)``, or ``(n_samples, n_outputs)`` for several targets."""
