@@ -443,8 +443,8 @@ class Contender:
 
 
 class Portnn(Contender):
-    """portnn's portable path: the step is fit's own (``portnn.training._EagerStep``:
-    forward, backward and the optimizer's update). Epochs (E) run through ``fit`` and
+    """portnn's portable path: the step is fit's own (``pn.TrainStep``, run on prepared
+    batches: forward, backward and the optimizer's update). Epochs (E) run through ``fit`` and
     predictions through ``predict``; like the other contenders, they check nothing unless
     ``checks`` keeps fit's and predict's defaults (a finite check of every step's loss, a
     NaN/inf scan of the data)."""
@@ -453,7 +453,6 @@ class Portnn(Contender):
 
     def __init__(self, backend: str, weights: list, optimizer: str, checks: bool = False) -> None:
         import portnn as pn
-        from portnn.training import _EagerStep
 
         self.pn = pn
         with pn.use_backend(backend):
@@ -469,13 +468,10 @@ class Portnn(Contender):
         self.loss = pn.CrossEntropy()
         lr = LEARNING_RATES[optimizer]
         self.opt = pn.SGD(lr=lr) if optimizer == "sgd" else pn.Adam(lr=lr)
-        # what fit keeps on the model, so that fit (E) and the bare step (A-D) share one state
-        self.model.loss = self.loss
-        self.model.optimizer = self.opt
-        self.model.optimizer_state = self.opt.init(self.model.parameters(), self.xp)
         self.model.train()
-        # fit's own eager step, without its finite check
-        self._step = _EagerStep(self.model, self.loss, self.opt, [], False, None, None)
+        # fit's own eager step, without its finite check; building it sets what fit keeps on
+        # the model, so that fit (E) and the bare step (A-D) share one state
+        self._step = pn.TrainStep(self.model, self.loss, self.opt, check_finite=False)
         self.fit_options: dict[str, Any] = {} if checks else {"on_nonfinite": None}
         self.predict_options: dict[str, Any] = {} if checks else {"check_finite": False}
 
@@ -484,7 +480,7 @@ class Portnn(Contender):
         return backend.asarray(X, self.xp.float32), backend.asarray(y, backend.index_dtype)
 
     def step(self, xb: Any, yb: Any) -> Any:
-        return self._step(xb, yb)[0]
+        return self._step.run(xb, yb).loss
 
     def sync(self) -> None:
         if self.cupy is not None:

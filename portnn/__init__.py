@@ -16,12 +16,15 @@ from .nn import Add, Concatenate, Parallel, Residual, Sequential
 from .losses import BinaryCrossEntropy, CrossEntropy, Loss, MSELoss
 from . import optim
 from .optim import SGD, AdaGrad, Adam, AdamW, Optimizer, RMSProp, clip_by_global_norm
-from .training import History, TrainingDivergedError, evaluate, fit, gradient_check, predict, predict_classes, predict_proba, value_and_grad
-from . import callbacks, metrics, schedules
-from .callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
-from .schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
+from ._guard import TrainingDivergedError
+from . import train
+from .train import History, StepResult, TrainStep, evaluate, fit, gradient_check, make_train_step, predict, predict_classes, predict_proba, value_and_grad
+from . import metrics
+from .train import callbacks, distributed, schedules
+from .train.callbacks import CSVLogger, Callback, EarlyStopping, JSONLogger, LambdaCallback, LearningRateScheduler, ModelCheckpoint
+from .train.schedules import CosineAnnealingLR, ExponentialLR, LinearWarmup, ReduceLROnPlateau, StepLR
 from .io import load, register, save
-from .distributed import DataParallel, DistributedError
+from .train import DataParallel, DistributedError
 from .export import ExportError, export_onnx
 from . import testing
 
@@ -42,5 +45,5 @@ __all__ = sorted(
     name
     for name, value in globals().items()
     if not name.startswith("_")
-    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "metrics", "optim", "schedules", "nn", "testing"})
+    and (not isinstance(value, type(functional)) or name in {"functional", "callbacks", "distributed", "metrics", "optim", "schedules", "nn", "testing", "train"})
 )

@@ -30,7 +30,7 @@ import numpy as np
 from ._checks import as_input, check_dtype, check_ndim, check_not_empty, check_same_samples, host_array, is_device_array
 from .backend import Backend, _library_name, dtype_name, to_numpy
 
-__all__ = ["Batcher", "feature_matrix", "is_dask", "map_rows", "n_samples", "samples", "take_rows"]
+__all__ = ["Batcher", "DaskBatcher", "feature_matrix", "is_dask", "make_batcher", "map_rows", "n_samples", "samples", "take_rows"]
 
 # the name of the worker threads that gather the next batch
 PREFETCH_THREAD = "portnn-prefetch"
@@ -215,15 +215,13 @@ class Batcher:
 
     def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
         self.backend = backend
-        first = X[0] if isinstance(X, tuple) else X
-        self.dask = is_dask(first) and str(backend) != "dask"
-        self.on_device = all(is_device_array(xi) for xi in (X if isinstance(X, tuple) else (X,))) and not self.dask
+        self.on_device = all(is_device_array(xi) for xi in (X if isinstance(X, tuple) else (X,)))
         self.dtype = dtype
         self.X = X
         self.y_dtype = y_dtype
         self.y = _on_backend(backend, y, y_dtype) if self.on_device and y is not None else y
         # overlap the host gather (and its copy) with compute where there is a device
-        self.prefetch = not self.on_device and (str(backend) != "numpy" or self.dask)
+        self.prefetch = not self.on_device and str(backend) != "numpy"
         self._pool: ThreadPoolExecutor | None = None
 
     def __enter__(self) -> Batcher:
@@ -247,9 +245,7 @@ class Batcher:
         return n_samples(self.X)
 
     def _host_batch(self, sel: Any) -> tuple[Any, Any]:
-        if self.dask:
-            xb = self.backend.asarray(_dask_rows(self.X, sel), self.dtype)
-        elif isinstance(self.X, tuple):
+        if isinstance(self.X, tuple):
             xb = tuple(self.backend.asarray(xi[sel], self.dtype) for xi in self.X)
         else:
             xb = self.backend.asarray(self.X[sel], self.dtype)
@@ -266,9 +262,6 @@ class Batcher:
             yield from self._device_batches(order, bounds)
             return
         selections = [slice(a, b) if order is None else order[a:b] for a, b in bounds]
-        if self.dask:
-            yield from self.select(selections)
-            return
         if not self.prefetch:
             for sel, (a, b) in zip(selections, bounds):
                 yield (*self._host_batch(sel), b - a)
@@ -294,9 +287,6 @@ class Batcher:
                     yb = None if self.y is None else _take(xp, self.y, idx)
                 yield xb, yb, n_samples(xb)
             return
-        if self.dask:
-            yield from self._dask_batches(selections)
-            return
         if not self.prefetch:
             for sel in selections:
                 xb, yb = self._host_batch(sel)
@@ -308,6 +298,47 @@ class Batcher:
             if i + 1 < len(selections):
                 pending = self._submit(self._host_batch, selections[i + 1])
             yield xb, yb, n_samples(xb)
+
+    def _device_batches(self, order: np.ndarray | None, bounds: list[tuple[int, int]]) -> Iterator[tuple[Any, Any, int]]:
+        xp = self.backend.xp
+        device_order = None if order is None else self.backend.asarray(order)
+        for a, b in bounds:
+            if device_order is None:
+                xb = take_rows(self.X, a, b)
+                yb = None if self.y is None else take_rows(self.y, a, b)
+            else:
+                idx = device_order[a:b]
+                xb = _take(xp, self.X, idx)
+                yb = None if self.y is None else _take(xp, self.y, idx)
+            yield xb, yb, b - a
+
+
+class DaskBatcher(Batcher):
+    """The batches of a Dask matrix: the adapter that streams one from its chunks.
+
+    Each batch computes only its own rows (one selection per chunk it touches), a
+    window of about one chunk's rows per ``compute``, the next window while the
+    current one trains; the matrix is never gathered whole.
+    """
+
+    def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
+        super().__init__(backend, dtype, X, y, y_dtype)
+        self.on_device, self.prefetch = False, True
+
+    def _host_batch(self, sel: Any) -> tuple[Any, Any]:
+        xb = self.backend.asarray(_dask_rows(self.X, sel), self.dtype)
+        yb = None if self.y is None else _on_backend(self.backend, _host_rows(self.y, sel), self.y_dtype)
+        return xb, yb
+
+    def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
+        n = len(self) if order is None else len(order)
+        bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        if bounds:
+            yield from self.select([slice(a, b) if order is None else order[a:b] for a, b in bounds])
+
+    def select(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
+        if selections:
+            yield from self._dask_batches(selections)
 
     def _dask_batches(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
         """Batches of a Dask matrix, computed a window of about one chunk's rows at a time
@@ -339,15 +370,10 @@ class Batcher:
             start += r.size
         return out
 
-    def _device_batches(self, order: np.ndarray | None, bounds: list[tuple[int, int]]) -> Iterator[tuple[Any, Any, int]]:
-        xp = self.backend.xp
-        device_order = None if order is None else self.backend.asarray(order)
-        for a, b in bounds:
-            if device_order is None:
-                xb = take_rows(self.X, a, b)
-                yb = None if self.y is None else take_rows(self.y, a, b)
-            else:
-                idx = device_order[a:b]
-                xb = _take(xp, self.X, idx)
-                yb = None if self.y is None else _take(xp, self.y, idx)
-            yield xb, yb, b - a
+
+def make_batcher(backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> Batcher:
+    """The batcher of ``X``: a :class:`DaskBatcher` for a Dask matrix (on any backend but
+    Dask's own), else a :class:`Batcher` of host or device arrays."""
+    first = X[0] if isinstance(X, tuple) else X
+    kind = DaskBatcher if is_dask(first) and str(backend) != "dask" else Batcher
+    return kind(backend, dtype, X, y, y_dtype)

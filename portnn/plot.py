@@ -126,7 +126,7 @@ def _predicted_classes(model: Any, X: np.ndarray, batch_size: int | None = None)
     from .nn import Module
 
     if isinstance(model, Module):
-        from .training import predict_classes
+        from .train.inference import predict_classes
 
         return to_numpy(predict_classes(model, X, batch_size=batch_size)).astype(np.int64)
     outputs = np.asarray(to_numpy(model.predict(X)))

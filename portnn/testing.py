@@ -28,7 +28,7 @@ from .backend import _has_float64, available_backends, backend_of, dtype_name, t
 from .export import export_onnx
 from .io import load, save
 from .nn.module import Module, call_backward
-from .training import predict
+from .train.inference import predict
 
 __all__ = ["check_module"]
 

@@ -14,6 +14,7 @@ Scenarios:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import signal
@@ -27,7 +28,7 @@ import portnn as pn
 SCENARIO, OUT = sys.argv[1], sys.argv[2]
 NAME = os.environ.get("PORTNN_BACKEND", "").strip() or "numpy"
 pn.set_backend(NAME, device="device1" if NAME == "array_api_strict" else None)
-RANK, SIZE = pn.distributed.rank(), pn.distributed.world_size()
+RANK, SIZE = pn.train.distributed.rank(), pn.train.distributed.world_size()
 results: dict = {"rank": RANK, "size": SIZE}
 
 
@@ -91,6 +92,29 @@ def scenario_ok():
         reference = mlp(10, dropout, l2)
         expected = reference.fit(X, y, optimizer=make_opt(), **kwargs)
         results["equal"][name] = compared(model, history, reference, expected)
+
+    # sample and class weights: each rank weighs its share of a batch by its weights' sum
+    w = np.random.default_rng(2).uniform(0.0, 2.0, size=len(X))
+    w[::5] = 0.0
+    kwargs = dict(loss="cross_entropy", epochs=3, batch_size=17, seed=7, verbose=0, metrics=["accuracy"],
+                  sample_weight=w, class_weight={0: 2.0}, validation_data=(Xv, yv, np.linspace(0.5, 1.5, len(yv))))
+    model = mlp(10 + 100 * RANK)
+    history = model.fit(X, y, optimizer=pn.Adam(lr=0.01), distributed=True, **kwargs)
+    reference = mlp(10)
+    expected = reference.fit(X, y, optimizer=pn.Adam(lr=0.01), **kwargs)
+    results["equal"]["adam17_weighted"] = compared(model, history, reference, expected)
+
+    # jit=True with distributed=True: the compiled step, its dropout masks drawn per rank
+    if importlib.util.find_spec("jax") is not None:
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+        kwargs = dict(loss="cross_entropy", epochs=2, batch_size=16, seed=7, verbose=0, jit=True)
+        model = mlp(10 + 100 * RANK, dropout=0.3).to("jax")
+        history = model.fit(X, y, optimizer=pn.Adam(lr=0.01), distributed=True, **kwargs)
+        reference = mlp(10, dropout=0.3).to("jax")
+        expected = reference.fit(X, y, optimizer=pn.Adam(lr=0.01), **kwargs)
+        results["equal"]["jit_dropout"] = compared(model, history, reference, expected)
 
     # a tree: two inputs, a frozen branch and a residual block train as in one process
     def tree(seed):

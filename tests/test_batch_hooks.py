@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import portnn as pn
-from portnn.callbacks import Callback, needs_batch_hooks
+from portnn.train.callbacks import Callback, needs_batch_hooks
 
 BATCH = ["on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
          "on_predict_batch_begin", "on_predict_batch_end"]

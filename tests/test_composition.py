@@ -311,7 +311,7 @@ def test_tuple_inputs_name_the_input_with_the_wrong_number_of_rows(rng):
         model.fit((), y, loss="mse", verbose=0)
     with pytest.raises(ValueError, match=r"X\[1\] contains NaN"):
         model.predict((xa, np.full_like(xb, np.nan)))
-    assert not hasattr(model, "optimizer")  # nothing was trained
+    assert model.optimizer is None  # nothing was trained
 
 
 # ---------------------------------------------------------------- forward / backward
@@ -446,7 +446,7 @@ def test_dense_shape_errors_on_nd_inputs_name_the_layer(rng):
         model.fit(np.zeros((2, 7, 5)), np.zeros((2, 2)), loss="mse", verbose=0)
     with pytest.raises(ValueError, match=r"LayerNorm expects 3 input features, got 4"):
         pn.LayerNorm(3)(np.zeros((2, 5, 4)))
-    assert not hasattr(model, "optimizer")
+    assert model.optimizer is None
 
 
 # ---------------------------------------------------------------- a user's own layers

@@ -223,7 +223,7 @@ def test_fit_on_a_fully_frozen_model_is_a_clear_error():
     before = _host(model)
     with pytest.raises(ValueError, match=r"every parameter of the model is frozen \(trainable=False\); unfreeze a layer"):
         model.fit(X, y, loss="cross_entropy", optimizer="adam", verbose=0)
-    assert _unchanged(model, before) and not hasattr(model, "optimizer")
+    assert _unchanged(model, before) and model.optimizer is None
     # a model frozen after training keeps its optimizer, and fit still refuses
     model.unfreeze().fit(X, y, loss="cross_entropy", optimizer="adam", verbose=0)
     state = model.optimizer_state

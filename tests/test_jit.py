@@ -76,7 +76,7 @@ def test_learning_rate_changes_between_epochs_reach_the_compiled_step():
 
 
 def test_it_compiles_once_per_batch_shape(monkeypatch):
-    from portnn.jit import CompiledStep
+    from portnn.train.jit import CompiledStep
 
     traces = []
     original = CompiledStep._pure_step

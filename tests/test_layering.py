@@ -5,7 +5,7 @@ is still a dependency. The levels, bottom up:
 
 * foundation: backends, checks, math (functional, losses, metrics, optim, init), data;
 * ``portnn.nn``: the module protocol, the layers, the combinators;
-* the tools that use models: training, callbacks, io, export, estimators, testing, ...;
+* the tools that use models: train (the step, the loop, callbacks, strategies), io, export, estimators, testing, ...;
 * the entry points: the package itself and the CLI.
 """
 
@@ -20,7 +20,7 @@ PACKAGE = Path(portnn.__file__).parent
 
 FOUNDATION = {
     "_checks", "_guard", "_rwlock", "_signals", "_tree", "_version", "backend", "data",
-    "datasets", "functional", "init", "losses", "metrics", "progress", "weights",
+    "datasets", "functional", "init", "losses", "metrics", "weights",
     "optim", "optim.base", "optim.optimizers", "optim.schedules", "optim.transforms",
     "metric_base", "class_scores",
 }
@@ -123,4 +123,4 @@ def test_the_checker_sees_lazy_imports_and_cycles(tmp_path):
     assert "portnn.nn.summary" not in graph["portnn.nn.module"] or level("portnn.nn.summary") == 1
     assert "portnn.io" in graph["portnn.export"]  # a function-level import in export_onnx
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
-    assert level("portnn.training") > level("portnn.nn.layers") > level("portnn.losses")
+    assert level("portnn.train.loop") > level("portnn.nn.layers") > level("portnn.losses")

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import portnn as pn
-from portnn import progress
+from portnn.train import progress
 
 LOGS = {"loss": 2.0791234, "accuracy": 0.91234, "val_loss": 2.3456, "val_accuracy": 0.8765, "lr": 0.01}
 

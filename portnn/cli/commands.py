@@ -55,7 +55,7 @@ def cpu_threads(n: int) -> Iterator[None]:
 
 def _predicted_classes(model: Any, X: Any) -> np.ndarray:
     from ..backend import to_numpy
-    from ..training import predict_classes
+    from ..train.inference import predict_classes
 
     return to_numpy(predict_classes(model, X)).astype(np.int64)
 
@@ -212,7 +212,7 @@ def _distributed_root(distributed: bool) -> bool:
     """Whether this process reports and saves: with --distributed, only MPI rank 0 does."""
     if not distributed:
         return True
-    from ..distributed import _mpi, rank
+    from ..train.distributed import _mpi, rank
 
     try:
         _mpi()

@@ -30,6 +30,7 @@ from .._rwlock import ReadWriteLock
 from .._tree import flatten, move_array, move_tree
 from ..backend import Backend, _library_name, _make_backend, get_backend
 from .calling import _STDOUT, Backward, call_backward, first_sample, one_input, provide_workflows, workflow
+from .training_state import TrainingState, training_property
 from .tree import assign, backend_owner, check_name, load_checked, map_arrays
 
 __all__ = ["Backward", "Module", "call_backward", "map_arrays", "provide_workflows"]
@@ -348,7 +349,7 @@ class Module:
             )
             for module in self.modules()
         ]
-        state = getattr(self, "optimizer_state", None)
+        state = self.optimizer_state
         if state is not None:
             state = move_tree(state, target, cast)
         for module, params, buffers in moved:
@@ -368,6 +369,21 @@ class Module:
     def copy(self) -> Module:
         """An independent deep copy (parameters copied on the same backend)."""
         return copy.deepcopy(self)
+
+    @property
+    def training_state(self) -> TrainingState:
+        """The loss, optimizer, optimizer state, history and resume point training keeps here."""
+        state = self.__dict__.get("_training_state")
+        if state is None:
+            state = self.__dict__.setdefault("_training_state", TrainingState())
+        return state
+
+    loss = training_property("loss")
+    optimizer = training_property("optimizer")
+    optimizer_state = training_property("optimizer_state")
+    history = training_property("history")
+    resume_point = training_property("resume_point")
+    stop_training = training_property("stop_training")
 
     @property
     def weights_lock(self) -> ReadWriteLock:

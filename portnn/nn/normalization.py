@@ -6,7 +6,10 @@ depends on the mode: ``fit`` runs them in training mode, ``predict`` and
 ``evaluate`` in inference mode.
 
 Dropout draws its masks on the host from a NumPy generator, so the same seed
-gives the same masks on every backend. BatchNorm keeps its running statistics
+gives the same masks on every backend. A training loop that needs the draws
+elsewhere (a compiled step passes them in as arrays; data-parallel ranks each
+keep their rows of the global batch's mask) says so through one channel,
+``with dropout_noise(source):``; no layer is patched. BatchNorm keeps its running statistics
 as buffers, which ``to()`` moves and ``copy()`` copies.
 """
 
@@ -14,7 +17,9 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
 import numpy as np  # host side only: Dropout draws its masks from a seeded host generator
@@ -23,7 +28,42 @@ from .._checks import check_features, count, positive_number
 from ..backend import Backend, dtype_name
 from .module import Backward, Module
 
-__all__ = ["BatchNorm", "Dropout", "LayerNorm"]
+__all__ = ["BatchNorm", "Dropout", "LayerNorm", "NoiseSource", "dropout_noise", "host_noise"]
+
+#: ``source(layer, shape) -> uniform [0, 1) draws`` for one mask of one Dropout layer
+NoiseSource = Callable[["Dropout", tuple[int, ...]], Any]
+
+_noise_source: ContextVar[NoiseSource | None] = ContextVar("portnn_dropout_noise", default=None)
+
+
+def host_noise(layer: Dropout, shape: tuple[int, ...]) -> Any:
+    """The draws of ``layer``'s own host generator: what every mask is made of unless a
+    :func:`dropout_noise` block says otherwise."""
+    return layer.generator.random(shape)
+
+
+@contextmanager
+def dropout_noise(source: NoiseSource) -> Iterator[None]:
+    """Every Dropout mask drawn inside the block comes from ``source(layer, shape)``.
+
+    The one channel through which a training step decides where dropout's
+    randomness comes from: ``jit=True`` passes pre-drawn arrays into the compiled
+    program, data-parallel training gives each rank its rows of the global batch's
+    mask, and the two compose (the compiled step draws through the rank's source).
+    The block is local to the thread (a context variable).
+    """
+    if not callable(source):
+        raise TypeError(f"source must be callable as source(layer, shape), got {type(source).__name__}")
+    token = _noise_source.set(source)
+    try:
+        yield
+    finally:
+        _noise_source.reset(token)
+
+
+def current_noise() -> NoiseSource:
+    """The source masks come from here and now (the layer's own generator outside any block)."""
+    return _noise_source.get() or host_noise
 
 
 def _probability(name: str, value: Any, *, upper_inclusive: bool) -> float:
@@ -131,8 +171,10 @@ class Dropout(Module):
             raise ValueError(f"Dropout generator state is not valid: {e}") from None
 
     def uniform(self, shape: tuple[int, ...]) -> Any:
-        """Uniform [0, 1) draws for one mask (a compiled step passes its own, drawn the same way)."""
-        return self.generator.random(shape)
+        """Uniform [0, 1) draws for one mask: from the generator, or from the source of the
+        enclosing :func:`dropout_noise` block."""
+        source = _noise_source.get()
+        return self.generator.random(shape) if source is None else source(self, shape)
 
     def apply(self, x: Any, training: bool) -> tuple[Any, Backward]:
         if not training or self.p == 0.0:

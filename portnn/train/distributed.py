@@ -60,9 +60,12 @@ from typing import Any
 
 import numpy as np  # host side only: MPI buffers and the shuffling order's shards
 
-from ._checks import positive_number
-from .backend import dtype_name, to_numpy
-from .data import n_samples
+from .._checks import positive_number
+from ..backend import dtype_name, to_numpy
+from ..data import n_samples
+from ..nn.normalization import host_noise
+from .state import capture, restore
+from .strategy import Strategy
 
 __all__ = ["DataParallel", "DistributedError", "rank", "world_size"]
 
@@ -144,7 +147,7 @@ def _describe(exc: BaseException) -> str:
     return text if len(text) < 1000 else text[:1000] + "..."
 
 
-class DataParallel:
+class DataParallel(Strategy):
     """Settings of data-parallel training; pass one as ``fit(..., distributed=DataParallel(...))``.
 
     ``distributed=True`` is ``DataParallel()``: all processes of
@@ -182,7 +185,6 @@ class DataParallel:
         self._span = (0, 0, 0)
         self._signal: int | None = None
         self._handlers_set = False
-        self._dropouts: list[Any] = []
 
     def __repr__(self) -> str:
         return f"DataParallel(rank={self.rank}, size={self.size}, timeout={self.timeout:g})"
@@ -302,15 +304,14 @@ class DataParallel:
                     "choose a larger batch_size (or one that leaves a larger last batch)"
                 )
 
-    def start(self, model: Any, base_seed: int, callbacks: Sequence[Any]) -> tuple[int, list[Any]]:
+    def start(self, model: Any, base_seed: int, callbacks: Sequence[Any], interrupt: Any) -> tuple[int, list[Any]]:
         """Broadcast rank 0's model state and shuffling seed; keep file-writing callbacks on rank 0.
 
         Returns ``(seed of the shuffling orders, callbacks this rank runs)``.
         """
         from .callbacks import CSVLogger, JSONLogger, ModelCheckpoint
-        from ._tree import move_tree
-        from .nn import Dropout
 
+        self.interrupt = interrupt
         MPI = self._MPI
         # an exception the caller is handling while it calls fit is not a failure of fit
         self._outer = sys.exc_info()[1]
@@ -322,43 +323,21 @@ class DataParallel:
         self._signal = None
         self._handlers_set = False
 
-        state = None
-        if self.rank == 0:
-            state = {
-                "seed": base_seed,
-                "parameters": {k: to_numpy(v) for k, v in model.parameters().items()},
-                "buffers": {k: to_numpy(v) for k, v in model.buffers().items()},
-                "optimizer_state": _host_tree(model.optimizer_state),
-                "extra": {name: m.extra_state() for name, m in model.named_modules() if m.extra_state()},
-            }
+        state = {"seed": base_seed, "model": capture(model, host=True)} if self.rank == 0 else None
         state = self._bcast_object(state, "broadcasting the model from rank 0")
         if self.rank != 0:
-            model.load_parameters(state["parameters"])
-            if state["buffers"]:
-                model.load_buffers(state["buffers"])
-            model.optimizer_state = move_tree(state["optimizer_state"], model.backend)
-            modules = dict(model.named_modules())
-            for name, extra in state["extra"].items():
-                modules[name].load_extra_state(extra)
-
-        # dropout: each rank keeps its rows of the global batch's mask
-        self._dropouts = [m for m in model.modules() if isinstance(m, Dropout)]
-        for m in self._dropouts:
-            m.uniform = self._shard_uniform(m)
+            restore(model, state["model"])
         self._reducer = self._make_reducer(model)
         if self.rank != 0:
             writers = (ModelCheckpoint, CSVLogger, JSONLogger)
             callbacks = [cb for cb in callbacks if not isinstance(cb, writers)]
         return int(state["seed"]), list(callbacks)
 
-    def _shard_uniform(self, module: Any) -> Callable[[tuple[int, ...]], Any]:
-        draw = type(module).uniform
-
-        def uniform(shape: tuple[int, ...]) -> Any:
-            total, lo, hi = self._span
-            return draw(module, (total, *shape[1:]))[lo:hi]
-
-        return uniform
+    def noise(self, layer: Any, shape: tuple[int, ...]) -> Any:
+        """Dropout's draws for this rank: its rows of the mask of the whole batch (as one
+        process draws it), so every rank's generator advances alike."""
+        total, lo, hi = self._span
+        return host_noise(layer, (total, *shape[1:]))[lo:hi]
 
     def batches(self, batcher: Any, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
         """This rank's share of every batch of the epoch, as ``(xb, yb, global batch size)``."""
@@ -366,7 +345,7 @@ class DataParallel:
         rows = np.arange(n) if order is None else order
         # with sample weights (the second of a pair of targets), ranks weigh their shares by weight
         weights = to_numpy(batcher.y[1]) if isinstance(batcher.y, tuple) else None
-        selections, spans, shares = [], [], []
+        selections, spans, shares, wholes = [], [], [], []
         for a in range(0, n, batch_size):
             total = min(a + batch_size, n) - a
             lo, hi = total * self.rank // self.size, total * (self.rank + 1) // self.size
@@ -376,13 +355,18 @@ class DataParallel:
                 shares.append((hi - lo) / total)
             else:
                 whole = float(np.sum(weights[rows[a : a + total]]))
+                wholes.append(whole)
                 shares.append(float(np.sum(weights[rows[a + lo : a + hi]])) / whole if whole > 0 else 0.0)
-        for (xb, yb, _), span, share in zip(batcher.select(selections), spans, shares):
+        for i, ((xb, yb, _), span, share) in enumerate(zip(batcher.select(selections), spans, shares)):
             self._span, self._share = span, share
+            self._whole = wholes[i] if wholes else None
             yield xb, yb, span[0]
 
+    def batch_weight(self, wb: Any, xp: Any) -> Any:
+        return self._whole
+
     def value_and_grad(
-        self, compute: Callable[[], tuple[Any, dict[str, Any], Any]], model: Any, xb: Any, interrupt: Any
+        self, compute: Callable[[], tuple[Any, dict[str, Any], Any]], model: Any, xb: Any
     ) -> tuple[Any, dict[str, Any], Any]:
         """The step's loss and gradients averaged over the global batch, on every rank.
 
@@ -405,6 +389,7 @@ class DataParallel:
         else:  # a batch smaller than the number of ranks: nothing to compute here
             pred, _ = model.apply(xb, True)  # still advances the dropout generators
             value, grads = None, {}
+        interrupt = self.interrupt
         signum = self._signal or interrupt.received
         self._signal = interrupt.received = None
         flags = (float(signum == signal.SIGINT), float(signum == signal.SIGTERM))
@@ -446,7 +431,7 @@ class DataParallel:
                 offset += s
             model.load_buffers(averaged)
 
-    def finish(self, interrupt: Any) -> None:
+    def finish(self) -> None:
         """End of ``fit`` (normal or not): tell the others if this rank failed; clean up."""
         exc = sys.exc_info()[1]
         if exc is self._outer:
@@ -454,10 +439,8 @@ class DataParallel:
         self._outer = None
         if exc is not None and not _shared_failure(exc):
             self._alarm_others(exc)
-        for m in self._dropouts:
-            m.__dict__.pop("uniform", None)
-        self._dropouts = []
-        if self._signal is not None and interrupt.received is None:
+        interrupt = self.interrupt
+        if self._signal is not None and interrupt is not None and interrupt.received is None:
             interrupt.received = self._signal  # arrived after the last step: handled like fit does
         if self._alarm is not None:
             request, _ = self._alarm
@@ -486,19 +469,9 @@ class DataParallel:
 
 def _shared_failure(exc: BaseException) -> bool:
     """Errors every rank raises at the same step (nothing to report to the others)."""
-    from ._guard import TrainingDivergedError
+    from .._guard import TrainingDivergedError
 
     return isinstance(exc, TrainingDivergedError) or (isinstance(exc, DistributedError) and exc.source is not None)
-
-
-def _host_tree(tree: Any) -> Any:
-    if isinstance(tree, dict):
-        return {k: _host_tree(v) for k, v in tree.items()}
-    if isinstance(tree, list | tuple):
-        return type(tree)(_host_tree(v) for v in tree)
-    if isinstance(tree, int | float | str | bool) or tree is None:
-        return tree
-    return to_numpy(tree)
 
 
 class _HostReducer:
@@ -608,16 +581,15 @@ class _NcclReducer:
             self.comm.destroy()
 
 
-def data_parallel(distributed: Any, *, jit: bool = False) -> DataParallel | None:
-    """``fit``'s ``distributed`` argument checked: None for False, else a :class:`~portnn.DataParallel`."""
+def strategy_for(distributed: Any) -> Strategy:
+    """``fit``'s ``distributed`` argument as a strategy: False is one process, True is
+    ``DataParallel()``; a :class:`~portnn.DataParallel` (or any Strategy) is itself."""
     if distributed is False:
-        return None
+        return Strategy()
     if distributed is True:
-        distributed = DataParallel()
-    elif not isinstance(distributed, DataParallel):
+        return DataParallel()
+    if not isinstance(distributed, Strategy):
         raise TypeError(
             f"distributed must be True, False or a portnn.DataParallel, got {type(distributed).__name__}"
         )
-    if jit:
-        raise ValueError("distributed=... and jit=True cannot be combined yet; pass one of them")
     return distributed

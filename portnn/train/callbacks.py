@@ -33,9 +33,9 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from ._checks import count
-from .backend import to_numpy
-from .optim.base import learning_rate, with_learning_rate
+from .._checks import count
+from ..backend import to_numpy
+from ..optim.base import learning_rate, with_learning_rate
 
 __all__ = [
     "Callback",

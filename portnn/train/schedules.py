@@ -15,9 +15,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ._checks import count, positive_number
+from .._checks import count, positive_number
 from .callbacks import Callback, _Monitor
-from .optim.base import learning_rate, with_learning_rate
+from ..optim.base import learning_rate, with_learning_rate
 
 __all__ = [
     "CosineAnnealingLR",
