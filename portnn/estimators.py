@@ -537,7 +537,7 @@ class _BaseMLP(BaseEstimator):
         batch_size = self._batch_size(n_train)
         self._set_penalty(model, batch_size, w_train)
 
-        keep = incremental and getattr(model, "optimizer", None) is not None
+        keep = incremental and model.optimizer is not None
         if keep:
             optimizer, schedule = model.optimizer, getattr(self, "_schedule", False)
         else:

@@ -222,7 +222,7 @@ def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any
     for name, value in model.buffers().items():
         tensors[_BUFFER + name] = _host(value)
 
-    optimizer = getattr(model, "optimizer", None)
+    optimizer = model.optimizer
     if optimizer is not None and not isinstance(optimizer, Optimizer):
         warnings.warn(
             f"{path}: the model was trained with {optimizer!r}, a chain of transforms, which this file "
@@ -232,7 +232,7 @@ def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any
             stacklevel=2,
         )
         optimizer = None
-    state = getattr(model, "optimizer_state", None) if optimizer is not None else None
+    state = model.optimizer_state if optimizer is not None else None
     numbers: dict[str, Any] = {"optimizer_step": None}
     if state is not None:
         numbers = _optimizer_numbers(state)
@@ -252,11 +252,11 @@ def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any
         "format_version": FORMAT_VERSION,
         "portnn_version": __version__,
         "architecture": _architecture(model),
-        "loss": _named_object("loss", getattr(model, "loss", None)),
+        "loss": _named_object("loss", model.loss),
         "optimizer": _optimizer_node(optimizer),
         **numbers,
         "extra_state": extra_state,
-        "resume_point": getattr(model, "resume_point", None),
+        "resume_point": model.resume_point,
     }
     if notes:
         meta["metadata"] = notes

@@ -62,7 +62,7 @@ def _predicted_classes(model: Any, X: Any) -> np.ndarray:
 
 def _scores(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """(mean loss, accuracy) on ``(X, y)``: the model's loss, else cross-entropy."""
-    loss = getattr(model, "loss", None)
+    loss = model.loss
     if loss is None:
         loss = "cross_entropy" if n_outputs(model) > 1 else "binary_cross_entropy"
     scores = model.evaluate(X, y, loss=loss, metrics=["accuracy"])

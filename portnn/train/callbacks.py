@@ -354,7 +354,7 @@ class ModelCheckpoint(_Monitor):
         the step it stopped at (``model.resume_point``): ``fit(..., initial_epoch=e)`` on
         the loaded model continues from that step.
         """
-        point = getattr(self.model, "resume_point", None)
+        point = self.model.resume_point
         history = self.model.history
         epoch = point["epoch"] + 1 if point else (history.epoch[-1] + 1 if history.epoch else 0)
         self._save(epoch, logs)

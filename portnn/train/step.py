@@ -140,14 +140,14 @@ class TrainStep:
         """Train on one batch already on the model's backend (targets prepared by the loss)."""
         model, xp = self.model, self.model.xp
         buffers = model.buffers() if self.has_buffers and self.check else None
-        value, grads, pred = self.gradients(xb, yb, wb)
         trainable = list(model.parameters(trainable_only=True))
-        # an overflow here is caught by the check below (NumPy would also warn of it)
-        with np.errstate(over="ignore", invalid="ignore"):
+        # an overflow is what the check below catches (NumPy would also warn of it)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            value, grads, pred = self.gradients(xb, yb, wb)
             new_params, new_state = update_trainable(
                 self.optimizer, model.parameters(), trainable, grads, model.optimizer_state, xp
             )
-        finite = all_finite(value, [*new_params.values(), *arrays_of(new_state)], xp) if self.check else None
+            finite = all_finite(value, [*new_params.values(), *arrays_of(new_state)], xp) if self.check else None
         if finite is False:
             if buffers:
                 model.load_buffers(buffers, check_finite=False)  # undo this batch's running statistics
