@@ -2,6 +2,7 @@
 
     python bench/cpu.py                 # the whole suite; prints Markdown tables
     python bench/cpu.py --quick         # one repeat, fewer epochs (a smoke run)
+    python bench/cpu.py --against DIR   # also portnn from another checkout (before/after)
 
 Every contender trains the same architecture with Adam(1e-3) on the same data
 and batch size. Each fit runs in a child process of its own (after a warm-up
@@ -33,7 +34,7 @@ CONFIGS = {
 }
 CONTENDERS = ("portnn", "sklearn", "torch", "numpy_loop")
 LABELS = {"portnn": "portnn (NumPy)", "sklearn": "scikit-learn MLPClassifier", "torch": "PyTorch (CPU)",
-          "numpy_loop": "hand-written NumPy loop (the floor)"}
+          "numpy_loop": "hand-written NumPy loop (the floor)", "portnn_against": "portnn (NumPy), --against"}
 BATCH = 200
 
 
@@ -164,7 +165,8 @@ def run_contender(contender: str, config: str, epochs: int, repeats: int) -> dic
     """One contender on one configuration, in this process: seconds per epoch, accuracy, peak RSS."""
     X, y = _data(config)
     sizes = CONFIGS[config][1]
-    train = {"portnn": _portnn, "sklearn": _sklearn, "torch": _torch, "numpy_loop": _numpy_loop}[contender]
+    train = {"portnn": _portnn, "portnn_against": _portnn, "sklearn": _sklearn, "torch": _torch,
+             "numpy_loop": _numpy_loop}[contender]
     train(X[: 4 * BATCH], y[: 4 * BATCH], sizes, 1)  # warm-up: imports, thread pools, allocator
     times, accuracy = [], None
     for _ in range(repeats):
@@ -178,9 +180,16 @@ def run_contender(contender: str, config: str, epochs: int, repeats: int) -> dic
     }
 
 
+#: a checkout of portnn to time beside this one (``--against``): its child imports portnn from there
+AGAINST: str | None = None
+
+
 def _in_child(contender: str, config: str, epochs: int, repeats: int) -> dict | None:
     cmd = [sys.executable, __file__, "--child", contender, config, str(epochs), str(repeats)]
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    env = None
+    if contender == "portnn_against":
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [AGAINST, os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         if "ModuleNotFoundError" in done.stderr:
             return None  # the contender's library is not installed here
@@ -195,7 +204,7 @@ def _interleaved(config: str, epochs: int, rounds: int) -> dict[str, dict]:
     """
     runs: dict[str, list[dict]] = {}
     for _ in range(rounds):
-        for contender in CONTENDERS:
+        for contender in CONTENDERS + (("portnn_against",) if AGAINST else ()):
             r = _in_child(contender, config, epochs, 1)
             if r is not None:
                 runs.setdefault(contender, []).append(r)
@@ -258,6 +267,8 @@ def bench_latency(repeats: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat and fewer epochs")
+    parser.add_argument("--against", metavar="DIR",
+                        help="also time portnn imported from the checkout DIR (e.g. a git worktree of main)")
     parser.add_argument("--child", nargs=4, metavar=("CONTENDER", "CONFIG", "EPOCHS", "REPEATS"),
                         help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -265,6 +276,8 @@ def main(argv=None) -> None:
         contender, config, epochs, repeats = args.child
         print(json.dumps(run_contender(contender, config, int(epochs), int(repeats))))
         return
+    global AGAINST
+    AGAINST = os.path.abspath(args.against) if args.against else None
     repeats = 1 if args.quick else 3
     rounds = 1 if args.quick else 5
     import portnn as pn

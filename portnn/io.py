@@ -46,6 +46,8 @@ from ._file_checks import atomic_write as _atomic_write, checksum as _checksum  
 from .backend import _make_backend, get_backend, to_numpy, use_backend
 from .nn import Module
 from .nn.module import provide_workflows
+from .optim.describe import describe as describe_transform
+from .optim.describe import rebuild as rebuild_transform
 from .optim.optimizers import Optimizer
 
 __all__ = ["FORMAT_VERSION", "load", "register", "save"]
@@ -222,16 +224,18 @@ def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any
     for name, value in model.buffers().items():
         tensors[_BUFFER + name] = _host(value)
 
-    optimizer = model.optimizer
+    optimizer, transform_node = model.optimizer, None
     if optimizer is not None and not isinstance(optimizer, Optimizer):
-        warnings.warn(
-            f"{path}: the model was trained with {optimizer!r}, a chain of transforms, which this file "
-            "format cannot describe; the file holds the model without its optimizer and state "
-            "(a named optimizer, such as pn.AdamW(..., groups=...), saves with them)",
-            UserWarning,
-            stacklevel=2,
-        )
-        optimizer = None
+        try:
+            transform_node = describe_transform(optimizer)  # a chain of portnn's transforms
+        except TypeError as e:
+            warnings.warn(
+                f"{path}: the model was trained with {optimizer!r}, which this file format cannot "
+                f"describe ({e}); the file holds the model without its optimizer and state",
+                UserWarning,
+                stacklevel=2,
+            )
+            optimizer = None
     state = model.optimizer_state if optimizer is not None else None
     numbers: dict[str, Any] = {"optimizer_step": None}
     if state is not None:
@@ -253,7 +257,8 @@ def save(model: Module, path: str | os.PathLike[str], metadata: Mapping[str, Any
         "portnn_version": __version__,
         "architecture": _architecture(model),
         "loss": _named_object("loss", model.loss),
-        "optimizer": _optimizer_node(optimizer),
+        "optimizer": _optimizer_node(optimizer) if transform_node is None else None,
+        **({"transform": transform_node} if transform_node is not None else {}),
         **numbers,
         "extra_state": extra_state,
         "resume_point": model.resume_point,
@@ -527,6 +532,14 @@ def _restore(
             config, old_rate = {**config, "lr": float(initial_lr)}, config["lr"]
             meta = {**meta, "optimizer_lr": meta.get("optimizer_lr", old_rate)}
         optimizer = model.optimizer = _construct("optimizer", cls, config)
+    elif meta.get("transform") is not None:  # a chain of transforms
+        try:
+            optimizer = rebuild_transform(
+                meta["transform"], lambda name: names.resolve("optimizer", name, custom, "optimizer")
+            )
+        except (TypeError, ValueError) as e:
+            raise _Bad(f"cannot rebuild the optimizer: {e}") from None
+        model.optimizer = optimizer
     step = meta.get("optimizer_step")
     if optimizer is None or step is None:
         if optim:

@@ -211,9 +211,14 @@ class Partition(Transform):
 
     ``label_of(name)`` gives a parameter's label, a key of ``transforms``."""
 
-    def __init__(self, transforms: Mapping[Any, Transform], label_of: Callable[[str], Any]) -> None:
+    def __init__(
+        self, transforms: Mapping[Any, Transform], label_of: Callable[[str], Any],
+        rules: Sequence[tuple[str, Any]] | Mapping[str, Any] | None = None,
+    ) -> None:
         self.transforms = dict(transforms)
         self.label_of = label_of
+        #: the labels as given, when they were patterns or a dict (what a file can hold)
+        self.rules = rules
         self._labels: dict[str, Any] = {}
 
     def _label(self, name: str) -> Any:
@@ -257,15 +262,15 @@ def partition(transforms: Mapping[Any, Transform], labels: Callable[[str], Any] 
     dict name -> label, or a list of ``(fnmatch pattern, label)`` where the first
     matching pattern wins and ``"*"`` can close the list."""
     if callable(labels):
-        label_of = labels
-    elif isinstance(labels, Mapping):
-        label_of = labels.__getitem__
-    else:
-        rules = [(str(p), label) for p, label in labels]
+        return Partition(transforms, labels)
+    if isinstance(labels, Mapping):
+        return Partition(transforms, labels.__getitem__, dict(labels))
+    rules = [(str(p), label) for p, label in labels]
 
-        def label_of(name: str) -> Any:
-            return first_match(name, rules)
-    return Partition(transforms, label_of)
+    def label_of(name: str) -> Any:
+        return first_match(name, rules)
+
+    return Partition(transforms, label_of, rules)
 
 
 def first_match(name: str, rules: Iterable[tuple[str, Any]], default: Any = None) -> Any:
