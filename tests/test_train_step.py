@@ -181,3 +181,25 @@ def test_capture_and_restore_bring_back_the_whole_state(rng, tmp_path):
     assert model[2].extra_state() == generator and model.optimizer_state["step"] == 3
     again = model.fit(X, y, epochs=2, batch_size=8, seed=0, verbose=0)
     assert again["loss"] == first["loss"]  # the same run again, dropout masks included
+
+
+def test_a_data_parallel_strategy_shares_out_fits_steps_only(rng):
+    pytest.importorskip("mpi4py")
+    X, y = _data(rng)
+    model = _model()
+    step = pn.make_train_step(model, "cross_entropy", pn.SGD(0.1), strategy=pn.DataParallel())
+    before = _host(model.parameters())
+    with pytest.raises(RuntimeError, match="it was not started"):
+        step(X, y)
+    for k, v in before.items():
+        np.testing.assert_array_equal(pn.to_numpy(model.parameters()[k]), v)
+
+
+def test_batch_logs_hold_the_epochs_mean_loss_so_far(rng):
+    X, y = _data(rng, n=20)
+    losses = []
+    cb = pn.LambdaCallback(on_train_batch_end=lambda batch, logs: losses.append(logs["loss"]))
+    history = _model().fit(X, y, loss="cross_entropy", epochs=2, batch_size=8, callbacks=[cb], verbose=0)
+    assert len(losses) == 6
+    assert losses[2] == pytest.approx(history["loss"][0], rel=1e-12)
+    assert losses[5] == pytest.approx(history["loss"][1], rel=1e-12)

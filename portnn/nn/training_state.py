@@ -6,8 +6,9 @@ last run and, after an interruption, where to resume. They live together in
 ``model.training_state``, a :class:`TrainingState`, and are read and written as
 ``model.loss``, ``model.optimizer``, ``model.optimizer_state``, ``model.history``
 and ``model.resume_point``: a model that was never trained has them all None.
-``portnn.save`` writes them with the parameters and buffers; ``portnn.load``
-reads them back, so a loaded model resumes exactly.
+``portnn.save`` writes the loss, the optimizer, its state and the resume point
+with the parameters and buffers, and ``portnn.load`` reads them back, so a loaded
+model resumes exactly (the history, a record of the past run, is not saved).
 """
 
 from __future__ import annotations

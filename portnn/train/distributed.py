@@ -374,6 +374,11 @@ class DataParallel(Strategy):
         weighted by its share of the batch and summed over the ranks with one
         collective, together with Ctrl-C/SIGTERM flags (so all ranks stop alike).
         """
+        if self.interrupt is None or self._reducer is None:
+            raise RuntimeError(
+                "DataParallel shares out the steps of fit(..., distributed=...); it was not started, "
+                "so it cannot share out a step of your own"
+            )
         if not self._handlers_set:
             # signals now only set a flag that travels with the next reduction
             for s in (signal.SIGINT, signal.SIGTERM):

@@ -93,9 +93,9 @@ def fit(
     checkpoint), then the signal is handed back (Ctrl-C raises ``KeyboardInterrupt``).
 
     Callbacks that define ``on_train_batch_begin/end`` get them with the batch
-    index within the epoch (from 0) and logs holding the batch's ``loss`` (one host
-    read per batch, paid only when a callback has these hooks); validation calls
-    the test hooks. ``distributed=True`` (or a :class:`~portnn.DataParallel`) trains
+    index within the epoch (from 0) and logs holding ``loss``, the epoch's mean loss
+    so far, as Keras reports it (one host read per batch, paid only when a callback
+    has these hooks); validation calls the test hooks. ``distributed=True`` (or a :class:`~portnn.DataParallel`) trains
     data-parallel over MPI under ``mpiexec``, each rank computing its share of
     every batch (see :mod:`portnn.train.distributed`); it combines with ``jit=True``.
     Returns a :class:`History`.
@@ -212,9 +212,10 @@ class _Run:
                     batch = Batch(pred, yb, xp, plan.logits, weight=wb, multilabel=plan.targets.multilabel)
                     for m in plan.metrics:
                         m.update(batch)
-            if self.batch_hooks:
+            if self.batch_hooks:  # the epoch's mean loss so far, as Keras reports it
+                mean = float(total) / float(mass) if seen and float(mass) > 0 else math.nan
                 for cb in self.callbacks:
-                    cb.on_train_batch_end(index, {"loss": float(value), "size": nb})
+                    cb.on_train_batch_end(index, {"loss": mean, "size": nb})
             if interrupt.received:
                 sums = [float(total), seen, skipped] + ([float(mass)] if self.weighted else [])
                 model.resume_point = {
