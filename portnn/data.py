@@ -215,14 +215,22 @@ class Batcher:
 
     def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
         self.backend = backend
-        self.on_device = all(is_device_array(xi) for xi in (X if isinstance(X, tuple) else (X,)))
+        self.on_device = self._batches_on_device(X)
         self.dtype = dtype
         self.X = X
         self.y_dtype = y_dtype
         self.y = _on_backend(backend, y, y_dtype) if self.on_device and y is not None else y
         # overlap the host gather (and its copy) with compute where there is a device
-        self.prefetch = not self.on_device and str(backend) != "numpy"
+        self.prefetch = self._prefetches(backend)
         self._pool: ThreadPoolExecutor | None = None
+
+    def _batches_on_device(self, X: Any) -> bool:
+        """Whether batches are taken on the device (the data is there already)."""
+        return all(is_device_array(xi) for xi in (X if isinstance(X, tuple) else (X,)))
+
+    def _prefetches(self, backend: Backend) -> bool:
+        """Whether the next host batch is gathered while the current one trains."""
+        return not self.on_device and str(backend) != "numpy"
 
     def __enter__(self) -> Batcher:
         return self
@@ -321,9 +329,11 @@ class DaskBatcher(Batcher):
     current one trains; the matrix is never gathered whole.
     """
 
-    def __init__(self, backend: Backend, dtype: Any, X: Any, y: Any = None, y_dtype: Any = None) -> None:
-        super().__init__(backend, dtype, X, y, y_dtype)
-        self.on_device, self.prefetch = False, True
+    def _batches_on_device(self, X: Any) -> bool:
+        return False  # each batch is computed from its chunks, on the host
+
+    def _prefetches(self, backend: Backend) -> bool:
+        return True
 
     def _host_batch(self, sel: Any) -> tuple[Any, Any]:
         xb = self.backend.asarray(_dask_rows(self.X, sel), self.dtype)
