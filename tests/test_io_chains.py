@@ -53,11 +53,14 @@ def test_a_chain_saves_loads_and_resumes_bit_for_bit(tmp_path):
     assert loaded.optimizer_state["step"] == model.optimizer_state["step"] == 10
     for m in (model, loaded):
         m.fit(X, y, epochs=4, initial_epoch=2, batch_size=7, seed=0, verbose=0)
+    # bit for bit on NumPy (the loaded copy lives there); the same run within rounding elsewhere
+    same = np.testing.assert_array_equal if str(model.backend) == "numpy" else (
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15))
     for k, v in model.parameters().items():
-        np.testing.assert_array_equal(pn.to_numpy(loaded.parameters()[k]), pn.to_numpy(v))
+        same(pn.to_numpy(loaded.parameters()[k]), pn.to_numpy(v))
     for k, slots in model.optimizer_state["slots"].items():
         for name, value in slots.items():
-            np.testing.assert_array_equal(pn.to_numpy(loaded.optimizer_state["slots"][k][name]), pn.to_numpy(value))
+            same(pn.to_numpy(loaded.optimizer_state["slots"][k][name]), pn.to_numpy(value))
 
 
 def test_what_a_file_cannot_describe_warns_and_is_left_out(tmp_path):
