@@ -22,3 +22,7 @@ from .classifier import MLPClassifier
 from .regressor import MLPRegressor
 
 __all__ = ["MLPClassifier", "MLPRegressor"]
+
+# estimators pickled before this was a package name their host copies
+# ``portnn.estimators._HostArray``: kept reachable there, so those pickles still load
+from .pickling import _HostArray  # noqa: E402, F401
