@@ -352,6 +352,9 @@ class _Conv(Module):
         xp_ = pad(xp, x, window.pads, 0.0) if window.interior is not None else x
         cols = xp.stack([xp_[tap] for tap in window.taps], axis=2)  # (N, C, K, *out)
         g = self.groups
+        # the channels split into groups, then merged with the offsets: two reshapes, since a
+        # chunked library (Dask) cannot split one axis and merge it with another in one
+        cols = xp.reshape(cols, (-1, g, self.in_channels // g, plan.k, plan.length))
         return xp.reshape(cols, (-1, g, self.in_channels // g * plan.k, plan.length))
 
     def _forward(self, x: Any) -> tuple[Any, Any, _ConvPlan]:
