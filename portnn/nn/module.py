@@ -378,6 +378,12 @@ class Module:
             state = self.__dict__.setdefault("_training_state", TrainingState())
         return state
 
+    @training_state.setter
+    def training_state(self, state: TrainingState) -> None:
+        if not isinstance(state, TrainingState):
+            raise TypeError(f"training_state must be a TrainingState, got {type(state).__name__}")
+        self.__dict__["_training_state"] = state
+
     loss = training_property("loss")
     optimizer = training_property("optimizer")
     optimizer_state = training_property("optimizer_state")

@@ -154,13 +154,16 @@ class _Run:
                 for epoch in range(plan.initial_epoch, plan.epochs):
                     for cb in callbacks:
                         cb.on_epoch_begin(epoch, logs)
-                    logs = self._epoch(epoch, step, batcher, base_seed, skip_steps, interrupt)
+                    epoch_logs = self._epoch(epoch, step, batcher, base_seed, skip_steps, interrupt)
                     skip_steps = 0
-                    if logs is None or model.stop_training:
+                    if epoch_logs is None:  # interrupted half-way: the last whole epoch's logs stay
+                        break
+                    logs = epoch_logs
+                    if model.stop_training:
                         break
             except BaseException:
                 if not self.applied:  # nothing was trained: the model and the optimizer are as they were
-                    model.__dict__["_training_state"] = before
+                    model.training_state = before
                     vars(plan.optimizer).clear()
                     vars(plan.optimizer).update(optimizer_before)
                 raise
@@ -171,12 +174,12 @@ class _Run:
                 self.strategy.finish()
             if interrupt.received:
                 for cb in callbacks:
-                    cb.on_interrupt(logs or {})
+                    cb.on_interrupt(logs)
         if interrupt.received:
             redeliver(interrupt.received)  # the model is at the last completed step
             return self.history  # reached only if the previous handler does not raise or exit
         for cb in callbacks:
-            cb.on_train_end(logs or {})
+            cb.on_train_end(logs)
         return self.history
 
     def _epoch(self, epoch: int, step: Any, batcher: Any, base_seed: int, skip_steps: int, interrupt: Any) -> dict[str, Any] | None:
