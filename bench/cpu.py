@@ -267,6 +267,7 @@ def bench_latency(repeats: int) -> dict[str, float]:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one repeat and fewer epochs")
+    parser.add_argument("--rounds", type=int, default=None, help="rounds of every contender (default 5, 1 with --quick)")
     parser.add_argument("--against", metavar="DIR",
                         help="also time portnn imported from the checkout DIR (e.g. a git worktree of main)")
     parser.add_argument("--child", nargs=4, metavar=("CONTENDER", "CONFIG", "EPOCHS", "REPEATS"),
@@ -279,7 +280,7 @@ def main(argv=None) -> None:
     global AGAINST
     AGAINST = os.path.abspath(args.against) if args.against else None
     repeats = 1 if args.quick else 3
-    rounds = 1 if args.quick else 5
+    rounds = args.rounds or (1 if args.quick else 5)
     import portnn as pn
 
     print(f"# portnn {pn.__version__} CPU benchmarks, {time.strftime('%Y-%m-%d')}\n")

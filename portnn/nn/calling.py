@@ -2,7 +2,7 @@
 
 ``call_backward`` runs a backward closure, asking it to skip the input gradient
 where it can; ``one_input``/``first_sample`` turn what a user passes into a
-batch and back; ``provide_workflows`` is how ``portnn.training`` and
+batch and back; ``provide_workflows`` is how ``portnn.train`` and
 ``portnn.io`` hand ``fit``, ``predict``, ``save``... to :class:`~portnn.nn.Module`,
 so that nn/ never imports them.
 """
@@ -20,7 +20,7 @@ __all__ = ["Backward", "call_backward", "first_sample", "one_input", "provide_wo
 
 Backward = Callable[..., tuple[Any, dict[str, Any]]]
 
-# fit, predict, evaluate and save live above this package (portnn.training, portnn.io);
+# fit, predict, evaluate and save live above this package (portnn.train, portnn.io);
 # they hand their functions in here when portnn is imported, so nn/ never imports them
 _WORKFLOWS: dict[str, Callable[..., Any]] = {}
 

@@ -496,7 +496,7 @@ class Module:
         for prefix, module in self.named_modules():
             module.__dict__["_grads"] = {k: flat[prefix + k] for k in module._params if prefix + k in flat}
 
-    # ------------------------------------------------------------ training API (see portnn.training)
+    # ------------------------------------------------------------ training API (see portnn.train)
     def fit(self, X: Any, y: Any, **kwargs: Any) -> Any:
         """Train on ``X, y``; see :func:`portnn.fit`."""
         return workflow("fit")(self, X, y, **kwargs)
