@@ -185,3 +185,15 @@ def test_class_weights_train_as_pytorch_cross_entropy_weight():
     got = pn.to_numpy(model.parameters()["0.weight"])
     want = layer.weight.detach().numpy()
     np.testing.assert_allclose(got if got.shape == want.shape else got.T, want, rtol=1e-10, atol=1e-12)
+
+
+def test_a_last_batch_of_one_is_refused_only_where_batch_norm_would_see_one_value(rng):
+    y = rng.integers(0, 2, size=33)
+    images = rng.normal(size=(33, 1, 6, 6))
+    cnn = pn.Sequential(pn.Conv2D(1, 3, 3, seed=0), pn.BatchNorm(3), pn.ReLU(), pn.Flatten(), pn.Dense(48, 2, seed=1))
+    history = cnn.fit(images, y, loss="cross_entropy", epochs=1, verbose=0)  # 32 + 1: 16 values per channel
+    assert np.isfinite(history["loss"][0])
+    mlp = pn.Sequential(pn.Dense(5, 4, seed=0), pn.BatchNorm(4), pn.Dense(4, 2, seed=1))
+    with pytest.raises(ValueError, match="the last batch would hold 1 of the 33 samples"):
+        mlp.fit(rng.normal(size=(33, 5)), y, loss="cross_entropy", epochs=1, verbose=0)
+    assert mlp.optimizer is None

@@ -9,6 +9,7 @@ loop that follows never has to refuse anything half-way.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -257,7 +258,7 @@ def plan_fit(model: Module, X: Any, y: Any, **a: Any) -> FitPlan:
     elif a["validation_data"] is not None:
         validation = _validation_data(model, loss, X, a["validation_data"], a["check_finite"])
     batch_size = n if batch_size is None else min(batch_size, n)
-    if n % batch_size == 1 and any(getattr(m, "needs_batch_statistics", False) for m in model.modules()):
+    if n % batch_size == 1 and _one_sample_starves_batch_norm(model, X):
         raise ValueError(
             f"the last batch would hold 1 of the {n} samples, and batch normalization needs at "
             f"least 2 per batch; choose another batch_size than {batch_size}"
@@ -275,6 +276,24 @@ def plan_fit(model: Module, X: Any, y: Any, **a: Any) -> FitPlan:
                 f"(logged: {', '.join(sorted(logged))}); pass validation data or metrics, or monitor another key"
             )
     return plan
+
+
+def _one_sample_starves_batch_norm(model: Module, X: Any) -> bool:
+    """Whether a batch of one sample would leave a layer that trains on batch statistics
+    (BatchNorm) one value per channel: on (N, features) input, not on images, where one
+    sample has H x W values per channel. Unknown shapes count as starving."""
+    norms = {prefix[:-1] for prefix, m in model.named_modules() if getattr(m, "needs_batch_statistics", False)}
+    if not norms:
+        return False
+    try:  # the shapes each layer gives, from one inference pass over zeros through a copy
+        rows = model.summary(input_shape=sample_shape(X), file=None).rows
+    except (TypeError, ValueError):
+        return True
+    for row in rows:
+        shape = row["output_shape"] if row["name"] in norms else None  # BatchNorm keeps its input's shape
+        if row["name"] in norms and (not isinstance(shape, tuple) or len(shape) < 3 or math.prod(shape[2:]) < 2):
+            return True
+    return False
 
 
 def _validation_data(model: Module, loss: Loss, X: Any, data: Any, finite: bool) -> tuple[Any, Targets]:
