@@ -262,8 +262,7 @@ class Batcher:
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
         """Batches of ``batch_size`` rows: the rows ``order`` lists (a host array), or all in turn."""
-        n = len(self) if order is None else len(order)
-        bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        bounds = self._bounds(order, batch_size)
         if not bounds:  # an epoch resumed after its last step
             return
         if self.on_device:
@@ -280,6 +279,11 @@ class Batcher:
             if i + 1 < len(bounds):
                 pending = self._submit(self._host_batch, selections[i + 1])
             yield xb, yb, b - a
+
+    def _bounds(self, order: np.ndarray | None, batch_size: int) -> list[tuple[int, int]]:
+        """``(start, stop)`` of each batch within ``order`` (or the data's own order)."""
+        n = len(self) if order is None else len(order)
+        return [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
 
     def select(self, selections: list[Any]) -> Iterator[tuple[Any, Any, int]]:
         """Batches of the given rows: each selection a slice or a host array of row indices."""
@@ -341,8 +345,7 @@ class DaskBatcher(Batcher):
         return xb, yb
 
     def batches(self, order: np.ndarray | None, batch_size: int) -> Iterator[tuple[Any, Any, int]]:
-        n = len(self) if order is None else len(order)
-        bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+        bounds = self._bounds(order, batch_size)
         if bounds:
             yield from self.select([slice(a, b) if order is None else order[a:b] for a, b in bounds])
 

@@ -91,6 +91,21 @@ def test_what_a_file_cannot_describe_warns_and_is_left_out(tmp_path):
     ],
 )
 def test_a_crafted_transform_tree_is_refused_and_builds_nothing_else(tmp_path, tree, message):
+    path = _file_with_transform_tree(tmp_path, tree)
+    with pytest.raises(ValueError, match=message):
+        pn.load(path)
+
+
+def test_transforms_nest_only_so_deep_in_a_file(tmp_path):
+    node = {"class": "ScaleByAdam"}
+    for _ in range(40):
+        node = {"class": "chain", "transforms": [node]}
+    with pytest.raises(ValueError, match="nest deeper than 16"):
+        pn.load(_file_with_transform_tree(tmp_path, node))
+
+
+def _file_with_transform_tree(tmp_path, tree):
+    """A model file trained with a chain, its transform tree replaced by ``tree`` (checksum kept right)."""
     X, y = _data()
     model = _model()
     model.fit(X, y, loss="cross_entropy", optimizer=o.chain(o.scale_by_adam(), o.scale_by_learning_rate(1e-3)), epochs=1, verbose=0)
@@ -99,21 +114,4 @@ def test_a_crafted_transform_tree_is_refused_and_builds_nothing_else(tmp_path, t
     tensors, meta = _read(path)
     meta["transform"] = tree
     _rewrite(path, tensors, meta)
-    with pytest.raises(ValueError, match=message):
-        pn.load(path)
-
-
-def test_transforms_nest_only_so_deep_in_a_file(tmp_path):
-    X, y = _data()
-    model = _model()
-    model.fit(X, y, loss="cross_entropy", optimizer=o.chain(o.scale_by_adam(), o.scale_by_learning_rate(1e-3)), epochs=1, verbose=0)
-    path = tmp_path / "m.safetensors"
-    model.save(path)
-    tensors, meta = _read(path)
-    node = {"class": "ScaleByAdam"}
-    for _ in range(40):
-        node = {"class": "chain", "transforms": [node]}
-    meta["transform"] = node
-    _rewrite(path, tensors, meta)
-    with pytest.raises(ValueError, match="nest deeper than 16"):
-        pn.load(path)
+    return path

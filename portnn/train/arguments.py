@@ -74,13 +74,15 @@ class Targets:
 
     def __init__(
         self, model: Module, loss: Loss, X: Any, y: Any, name: str = "y",
-        sample_weight: Any = None, class_weight: Any = None,
+        sample_weight: Any = None, class_weight: Any = None, width: int | None = None,
     ) -> None:
         backend = model.backend
         dtype = model_dtype(model)
-        first = take_rows(X, 0, 1)
-        first = tuple(backend.asarray(f, dtype) for f in first) if isinstance(first, tuple) else backend.asarray(first, dtype)
-        self.n_outputs = n_outputs(model, first)
+        if width is None:  # the output width, from one sample through the model (unless known)
+            first = take_rows(X, 0, 1)
+            first = tuple(backend.asarray(f, dtype) for f in first) if isinstance(first, tuple) else backend.asarray(first, dtype)
+            width = n_outputs(model, first)
+        self.n_outputs = width
         try:
             self.values = loss.prepare_target(y, self.n_outputs, n_samples=n_samples(X))
         except (TypeError, ValueError) as e:

@@ -69,6 +69,7 @@ class NcclReducer:
     @classmethod
     def create(cls, dp: Any, names: list[str], shapes: list[tuple[int, ...]]) -> NcclReducer | None:
         try:
+            # NCCL is an engine at the edge: CuPy's binding, imported only where gradients live on GPUs
             from cupy.cuda import nccl
 
             ok = bool(nccl.get_version())
@@ -92,6 +93,7 @@ class NcclReducer:
     def __call__(
         self, model: Any, value: Any, grads: dict[str, Any], weight: float, flags: tuple[float, float]
     ) -> tuple[Any, dict[str, Any], tuple[float, float]]:
+        # the device buffer NCCL sums in place is CuPy's (this reducer exists only on CuPy)
         import cupy
         from cupy.cuda import nccl
 

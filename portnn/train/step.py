@@ -64,24 +64,27 @@ def value_and_grad(model: Module, loss: Loss | str, x: Any, y: Any) -> tuple[Any
     """
     check_model(model)
     loss = get_loss(loss)
-    xb, target, _ = _prepared_batch(model, loss, x, y, None)
+    xb, target, _, _ = _prepared_batch(model, loss, x, y, None)
     value, grads, _ = batch_value_and_grad(model, loss, xb, target, penalized_modules(model))
     grads = {name: grads[name] for name in model.parameters(trainable_only=True) if name in grads}
     model.store_gradients(grads)
     return value, grads
 
 
-def _prepared_batch(model: Module, loss: Loss, x: Any, y: Any, sample_weight: Any) -> tuple[Any, Any, Any]:
-    """``(x, y, weights)`` of one batch, checked and on the model's backend."""
+def _prepared_batch(
+    model: Module, loss: Loss, x: Any, y: Any, sample_weight: Any, width: int | None = None
+) -> tuple[Any, Any, Any, int]:
+    """``(x, y, weights, output width)`` of one batch, checked and on the model's backend
+    (``width``: the model's output width when already known, which spares a forward pass)."""
     backend = model.backend
     model.check_input_kind(x, "x")
     xb, single = batch_input(backend, "x", x, model_dtype(model))
     y_host = host_array("y", y)
     if single:
         y_host = y_host[None, ...]
-    targets = Targets(model, loss, xb, y_host, sample_weight=sample_weight)
+    targets = Targets(model, loss, xb, y_host, sample_weight=sample_weight, width=width)
     wb = None if targets.weights is None else backend.asarray(targets.weights, model_dtype(model))
-    return xb, backend.asarray(targets.values, targets.dtype), wb
+    return xb, backend.asarray(targets.values, targets.dtype), wb, targets.n_outputs
 
 
 class StepResult(NamedTuple):
@@ -119,13 +122,15 @@ class TrainStep:
         self.strategy = strategy if strategy is not None else Strategy()
         self.penalized = penalized_modules(model)
         self.has_buffers = bool(model.buffers())
+        self._width: int | None = None  # the output width, learnt on the first call
         model.loss = self.loss
         if self.optimizer is not model.optimizer or model.optimizer_state is None:
             model.optimizer = self.optimizer
             model.optimizer_state = self.optimizer.init(model.parameters(), model.xp)
 
     def __call__(self, x: Any, y: Any, sample_weight: Any = None) -> StepResult:
-        return self.run(*_prepared_batch(self.model, self.loss, x, y, sample_weight))
+        xb, yb, wb, self._width = _prepared_batch(self.model, self.loss, x, y, sample_weight, self._width)
+        return self.run(xb, yb, wb)
 
     def gradients(self, xb: Any, yb: Any, wb: Any = None) -> tuple[Any, dict[str, Any], Any]:
         """The batch's ``(loss, gradients, predictions)``, shared out by the strategy."""
