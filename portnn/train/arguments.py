@@ -8,6 +8,7 @@ loop that follows never has to refuse anything half-way.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from collections.abc import Sequence
@@ -93,8 +94,7 @@ class Targets:
 
     def rows(self, start: int, stop: int) -> Targets:
         """These targets (and weights) for samples ``start:stop``."""
-        part = object.__new__(Targets)
-        part.__dict__.update(self.__dict__)
+        part = copy.copy(self)
         part.values = self.values[start:stop]
         part.weights = None if self.weights is None else self.weights[start:stop]
         return part
